@@ -1,0 +1,3 @@
+"""tsvmerge: Task Singular Vectors merging (TSV-M, TSV-C) and classic model-merging baselines."""
+
+__version__ = "0.1.0"
