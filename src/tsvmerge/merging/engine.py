@@ -1,0 +1,115 @@
+"""The streaming merge: one state-dict entry at a time, through any registered method.
+
+Peak memory is one entry's stack of T task tensors (plus the method's workspace) and the output;
+checkpoints stay memory-mapped. Entries that no task changed are never materialized: their merged
+value is θ0's own (file-backed) tensor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .registry import MergeMethod, build_method
+from .task_vectors import TaskVectors
+from .tsv import LowRankFactors
+
+
+@dataclass
+class MergeResult:
+    """τMT and / or per-task vectors of a merge. Missing keys mean a zero task vector."""
+
+    method: MergeMethod
+    keys: list[str]
+    num_tasks: int
+    task_vector: dict[str, Tensor] | None = None
+    per_task: dict[str, list[Tensor | LowRankFactors | None]] | None = None
+    masks: dict[str, Tensor] | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mask_labels(self) -> tuple[Any, ...]:
+        return self.method.mask_labels()
+
+    def task_specific_vector(self, task: int, choice: int = 0) -> Iterator[tuple[str, Tensor]]:
+        """Task ``task``'s own vector, entry by entry: TSV-C's compression or τMT ⊙ its mask.
+
+        ``choice`` indexes ``mask_labels`` (TALL's λ). Entries are produced lazily so that a caller
+        can write or apply them without holding a second model in memory.
+        """
+        if self.per_task is not None:
+            for key, values in self.per_task.items():
+                value = values[task]
+                if value is not None:
+                    yield key, value.materialize() if isinstance(value, LowRankFactors) else value
+        elif self.masks is not None and self.task_vector is not None:
+            for key, tau in self.task_vector.items():
+                yield key, tau * (self.masks[key][task] > choice)
+        else:
+            raise ValueError(f"method {self.method.name!r} has no task-specific vectors")
+
+    def task_mask(self, task: int, choice: int = 0) -> Iterator[tuple[str, Tensor]]:
+        """Task ``task``'s boolean mask per changed entry (TALL / magnitude masks)."""
+        if self.masks is None:
+            raise ValueError(f"method {self.method.name!r} produces no masks")
+        for key, levels in self.masks.items():
+            yield key, levels[task] > choice
+
+
+def merge(method: MergeMethod | str, tasks: TaskVectors, params: Mapping[str, Any] | None = None, *,
+          progress: bool = True) -> MergeResult:
+    """Run ``method`` over every entry of ``tasks`` and collect its outputs on the CPU."""
+    if isinstance(method, str):
+        method = build_method(method, params)
+    elif params:
+        raise ValueError("params are given with the method name, not with a built method")
+    started = time.perf_counter()
+    method.prepare(tasks, progress=progress)
+    result = MergeResult(method=method, keys=list(tasks.keys), num_tasks=tasks.num_tasks)
+    for entry in tasks.entries(f"merge ({method.name})", progress=progress):
+        if not entry.changed:
+            continue
+        out = method.merge_entry(entry)
+        if out.task_vector is not None:
+            result.task_vector = result.task_vector or {}
+            result.task_vector[entry.key] = out.task_vector.cpu()
+        if out.per_task is not None:
+            result.per_task = result.per_task or {}
+            result.per_task[entry.key] = [_to_cpu(v) for v in out.per_task]
+        if out.masks is not None:
+            result.masks = result.masks or {}
+            result.masks[entry.key] = out.masks.cpu()
+    if method.task_specific and result.masks is None and result.per_task is None:
+        result.per_task = {}  # no task changed anything: every task-specific vector is zero
+    if result.task_vector is None and result.per_task is None:
+        result.task_vector = {}
+    result.stats = {"seconds": time.perf_counter() - started, **method.finalize(tasks)}
+    return result
+
+
+def _to_cpu(value: Tensor | LowRankFactors | None) -> Tensor | LowRankFactors | None:
+    return None if value is None else value.to("cpu")
+
+
+def apply_task_vector(pretrained: Mapping[str, Tensor], task_vector: Mapping[str, Tensor] | Iterator[tuple[str, Tensor]],
+                      alpha: float = 1.0, *, inplace: bool = False) -> dict[str, Tensor]:
+    """θ0 + α·τ for every entry of θ0, in θ0's dtypes.
+
+    Entries absent from ``task_vector`` are θ0's own tensors (not copied). With ``inplace`` the
+    task-vector tensors are reused as output buffers, so no second model-sized buffer is allocated.
+    """
+    items = task_vector.items() if isinstance(task_vector, Mapping) else task_vector
+    merged: dict[str, Tensor] = {key: pretrained[key] for key in sorted(pretrained.keys())}
+    for key, tau in items:
+        base = pretrained[key]
+        if tau.shape != base.shape:
+            raise ValueError(f"task vector entry {key!r} has shape {tuple(tau.shape)}, θ0 has {tuple(base.shape)}")
+        out = tau if inplace and tau.dtype == torch.float32 else tau.to(torch.float32, copy=True)
+        out.mul_(alpha).add_(base.to(torch.float32))
+        merged[key] = out.to(base.dtype)
+    return merged

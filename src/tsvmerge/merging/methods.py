@@ -1,0 +1,374 @@
+"""Every merge method of SPEC §3, registered under its config name.
+
+Each class only wires its parameters to the pure tensor functions of ``tsv``, ``sparsify`` and
+``interference``; the streaming engine feeds it one entry at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..checkpoints.tall_mask_files import load_tall_masks
+from .interference import interference_per_block, singular_task_interference
+from .registry import EntryMerge, MergeMethod, register
+from .sparsify import (
+    TALL_LAMBDAS,
+    TiesAggregation,
+    consensus_mask,
+    elect_sign,
+    keep_top,
+    tall_mask,
+    tall_mask_levels,
+    ties_merge,
+    topk_threshold,
+)
+from .svd import SVDMode
+from .task_vectors import TaskEntry, TaskVectors
+from .tsv import (
+    Orthogonalization,
+    components_per_task,
+    mean_of_tasks,
+    orthogonalize,
+    task_singular_vectors,
+    tsv_compress_matrix,
+    uses_svd,
+)
+
+
+def _task_thresholds(tasks: TaskVectors, k_percent: float) -> list[float | None]:
+    """Each task's top-k% magnitude threshold over its whole flat vector (one task in memory)."""
+    if k_percent == 100:
+        return [None] * tasks.num_tasks
+    return [topk_threshold(tasks.flat_magnitudes(t), k_percent) for t in range(tasks.num_tasks)]
+
+
+def _trimmed(entry: TaskEntry, thresholds: list[float | None]) -> Tensor:
+    return torch.stack([keep_top(d, t) for d, t in zip(entry.deltas(), thresholds, strict=True)])
+
+
+# --------------------------------------------------------------------------- task arithmetic family
+
+@register
+@dataclass
+class ZeroShot(MergeMethod):
+    """The pre-trained model itself: τMT = 0."""
+
+    name: ClassVar[str] = "zeroshot"
+    default_alpha: ClassVar[float] = 0.0
+
+    def merge_entry(self, entry: TaskEntry) -> EntryMerge:
+        return EntryMerge(task_vector=torch.zeros(entry.shape, device=entry.device))
+
+
+@dataclass
+class _TopKSum(MergeMethod):
+    k: float = 100.0
+
+    def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
+        self._thresholds = _task_thresholds(tasks, self.k)
+
+    def _sum(self, entry: TaskEntry) -> Tensor:
+        return _trimmed(entry, self._thresholds).sum(dim=0)
+
+
+@register
+@dataclass
+class Average(_TopKSum):
+    """Weight averaging: θ0 + mean(τi), i.e. Σ τi at α = 1/T (the returned τMT is already the mean)."""
+
+    name: ClassVar[str] = "average"
+
+    def merge_entry(self, entry: TaskEntry) -> EntryMerge:
+        return EntryMerge(task_vector=self._sum(entry) / entry.num_tasks)
+
+
+@register
+@dataclass
+class TaskArithmetic(_TopKSum):
+    """Task Arithmetic: τMT = Σ τi (optionally each trimmed to its top-k%)."""
+
+    name: ClassVar[str] = "sum"
+    alpha_grid_max: ClassVar[float | None] = 1.0
+
+    def merge_entry(self, entry: TaskEntry) -> EntryMerge:
+        return EntryMerge(task_vector=self._sum(entry))
+
+
+@register
+@dataclass
+class Ties(MergeMethod):
+    """TIES-Merging: trim to top-k%, elect signs, disjoint mean (or sum / max) of agreeing values."""
+
+    name: ClassVar[str] = "ties"
+    alpha_grid_max: ClassVar[float | None] = 1.0
+    k: float = 20.0
+    agg: TiesAggregation = "mean"
+
+    def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
+        self._thresholds = _task_thresholds(tasks, self.k)
+        # Elected signs of exactly 0 take the sign of the sum of all elected signs (published rule):
+        # a whole-model statistic, hence this extra pass.
+        total = 0.0
+        for entry in tasks.entries("TIES signs", progress=progress):
+            if entry.changed:
+                total += float(elect_sign(_trimmed(entry, self._thresholds)).sum())
+        self._majority_sign = float(np.sign(total))
+
+    def merge_entry(self, entry: TaskEntry) -> EntryMerge:
+        return EntryMerge(task_vector=ties_merge(entry.deltas(), self._thresholds, self._majority_sign, self.agg))
+
+
+# --------------------------------------------------------------------------- mask-based methods
+
+@register
+@dataclass
+class MagnitudeMasking(MergeMethod):
+    """Σ τi, with task t evaluated through the mask of its own top-k% entries."""
+
+    name: ClassVar[str] = "mag_masking"
+    task_specific: ClassVar[bool] = True
+    k: float = 20.0
+
+    def mask_labels(self) -> tuple[Any, ...]:
+        return (f"top-{self.k:g}%",)
+
+    def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
+        self._thresholds = _task_thresholds(tasks, self.k)
+
+    def merge_entry(self, entry: TaskEntry) -> EntryMerge:
+        deltas = entry.deltas()
+        masks = torch.stack([
+            torch.ones_like(d, dtype=torch.bool) if t is None else d.abs() >= t
+            for d, t in zip(deltas, self._thresholds, strict=True)
+        ])
+        return EntryMerge(task_vector=deltas.sum(dim=0), masks=masks.to(torch.uint8))
+
+
+@dataclass
+class _MergedForMasks(MergeMethod):
+    """τMT on which TALL and consensus masks are built: Σ τi, or TIES (top-``ties_k``%, ``ties_agg``)."""
+
+    use_ties: bool = False
+    ties_agg: TiesAggregation = "sum"
+    ties_k: float = 20.0
+
+    def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
+        self._ties = Ties(k=self.ties_k, agg=self.ties_agg) if self.use_ties else None
+        if self._ties is not None:
+            self._ties.prepare(tasks, progress=progress)
+
+    def _merged_tv(self, entry: TaskEntry) -> Tensor:
+        if self._ties is not None:
+            return self._ties.merge_entry(entry).task_vector
+        return entry.deltas().sum(dim=0)
+
+    def _task_masks(self, entry: TaskEntry, merged_tv: Tensor, lam: float) -> Tensor:
+        base = entry.pretrained.to(entry.device, torch.float32)
+        return torch.stack([tall_mask(base, ft.to(entry.device, torch.float32), merged_tv, lam)
+                            for ft in entry.finetuned])
+
+
+@register
+@dataclass
+class TallMask(_MergedForMasks):
+    """TALL masks: per task, keep p where |θ0 − θt| > |θ0 + τMT − θt|·λ, for every λ of the grid.
+
+    The masks of all λ are produced (λ is then chosen per task on validation data); with
+    ``mask_file`` set, the masks saved by an earlier run are used instead (``load_mask``).
+    """
+
+    name: ClassVar[str] = "tall_mask"
+    task_specific: ClassVar[bool] = True
+    mask_file: str | None = None
+
+    def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
+        super().prepare(tasks, progress=progress)
+        self._loaded = _load_task_masks(self.mask_file, tasks) if self.mask_file else None
+
+    def mask_labels(self) -> tuple[Any, ...]:
+        return ("loaded",) if self.mask_file else TALL_LAMBDAS
+
+    def merge_entry(self, entry: TaskEntry) -> EntryMerge:
+        merged_tv = self._merged_tv(entry)
+        if self._loaded is not None:
+            masks = self._loaded.entry(entry.key).to(entry.device)
+        else:
+            base = entry.pretrained.to(entry.device, torch.float32)
+            masks = torch.stack([tall_mask_levels(base, ft.to(entry.device, torch.float32), merged_tv)
+                                 for ft in entry.finetuned])
+        return EntryMerge(task_vector=merged_tv, masks=masks.to(torch.uint8))
+
+
+@register
+@dataclass
+class Consensus(_MergedForMasks):
+    """Consensus merging: keep τMT only where at least ``prun_thre_k`` TALL masks keep the parameter.
+
+    The TALL masks come from ``mask_file`` (as saved by ``tall_mask``) or, without data to select
+    λ per task, are built on the fly with one ``tall_lambda`` for every task.
+    """
+
+    name: ClassVar[str] = "consensus"
+    alpha_grid_max: ClassVar[float | None] = 1.0
+    prun_thre_k: int = 2
+    mask_file: str | None = None
+    tall_lambda: float | None = None
+
+    def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
+        if (self.mask_file is None) == (self.tall_lambda is None):
+            raise ValueError("consensus needs TALL masks: give exactly one of mask_file=<TALL_mask_*.npy> "
+                             "(saved by a tall_mask run) or tall_lambda=<λ> (build them with one λ)")
+        super().prepare(tasks, progress=progress)
+        self._loaded = _load_task_masks(self.mask_file, tasks) if self.mask_file else None
+
+    def merge_entry(self, entry: TaskEntry) -> EntryMerge:
+        merged_tv = self._merged_tv(entry)
+        if self._loaded is not None:
+            masks = self._loaded.entry(entry.key).to(entry.device).bool()
+        else:
+            masks = self._task_masks(entry, merged_tv, self.tall_lambda)
+        return EntryMerge(task_vector=merged_tv * consensus_mask(masks, self.prun_thre_k))
+
+
+class _FlatTaskMasks:
+    """Saved TALL masks (flat over all θ0 entries in sorted key order), sliced per entry."""
+
+    def __init__(self, masks: dict[str, np.ndarray], tasks: TaskVectors) -> None:
+        self._offsets = tasks.flat_offsets()
+        self._shapes = {key: tasks.pretrained[key].shape for key in tasks.keys}
+        self._masks = masks
+
+    def entry(self, key: str) -> Tensor:
+        start, end = self._offsets[key]
+        return torch.stack([torch.from_numpy(m[start:end].copy()).reshape(self._shapes[key])
+                            for m in self._masks.values()])
+
+
+def _load_task_masks(path: str, tasks: TaskVectors) -> _FlatTaskMasks:
+    total = sum(end - start for start, end in tasks.flat_offsets().values())
+    saved = load_tall_masks(path, num_entries=total)
+    names = [n.removesuffix("Val") for n in tasks.names]
+    if set(names) <= set(saved):
+        saved = {name: saved[name] for name in names}
+    elif len(saved) != tasks.num_tasks:
+        raise ValueError(f"{path} holds masks for {sorted(saved)}, which do not match the {tasks.num_tasks} "
+                         f"merged tasks {names}")
+    for name, mask in saved.items():
+        if mask.shape[0] != total:
+            raise ValueError(f"mask {name!r} in {path} has {mask.shape[0]} entries; the model has {total}")
+    return _FlatTaskMasks(saved, tasks)
+
+
+# --------------------------------------------------------------------------- Task Singular Vectors
+
+@dataclass
+class _TaskSingularVectorsMerge(MergeMethod):
+    """TSV-M family: SVD-based merge of matrix entries, mean of the others."""
+
+    alpha_grid_max: ClassVar[float | None] = 3.0
+    orthogonalization: ClassVar[Orthogonalization] = "procrustes"
+    full_rank: ClassVar[bool] = False
+    svd: SVDMode = "exact"
+    report_sti: bool = False
+
+    def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
+        self._sti: dict[str, dict[str, float]] = {}
+
+    def merge_entry(self, entry: TaskEntry) -> EntryMerge:
+        if not uses_svd(entry.key, entry.shape):
+            return EntryMerge(task_vector=mean_of_tasks(entry.deltas()))
+        rows, cols = entry.shape
+        k = min(rows, cols) if self.full_rank else components_per_task(rows, cols, entry.num_tasks)
+        tsv = task_singular_vectors(entry.deltas(entry.changed), k, "full" if self.full_rank else self.svd,
+                                    num_tasks=entry.num_tasks)
+        merged = orthogonalize(tsv, self.orthogonalization)
+        if self.report_sti:
+            self._sti[entry.key] = {"before": singular_task_interference(tsv),
+                                    "after": singular_task_interference(merged)}
+        return EntryMerge(task_vector=merged.reconstruct())
+
+    def finalize(self, tasks: TaskVectors) -> dict[str, Any]:
+        if not self.report_sti:
+            return {}
+        return {"sti": dict(self._sti), "sti_per_block": interference_per_block(self._sti)}
+
+
+@register
+@dataclass
+class TSVM(_TaskSingularVectorsMerge):
+    """TSV-M (Algorithm 1): top 1/T singular components per task, Procrustes-decorrelated."""
+
+    name: ClassVar[str] = "TSVM"
+
+
+@register
+@dataclass
+class TSVMWhitening(_TaskSingularVectorsMerge):
+    """TSV-M with whitening instead of Procrustes (Prop. 4.1)."""
+
+    name: ClassVar[str] = "TSVM_2"
+    orthogonalization: ClassVar[Orthogonalization] = "whitening"
+
+
+@register
+@dataclass
+class LowRankOnly(_TaskSingularVectorsMerge):
+    """Ablation (Table 4): sum of each task's rank-k truncation, no decorrelation."""
+
+    name: ClassVar[str] = "TSVM_lowrank_only"
+    orthogonalization: ClassVar[Orthogonalization] = "none"
+
+
+@register
+@dataclass
+class InterferenceReductionOnly(_TaskSingularVectorsMerge):
+    """Ablation (Table 4): decorrelation of the full-rank task matrices, no truncation."""
+
+    name: ClassVar[str] = "TSVM_interference_only"
+    full_rank: ClassVar[bool] = True
+
+
+@register
+@dataclass
+class TSVC(MergeMethod):
+    """TSV-C: each task's matrices compressed to their top 1/T singular components; task known at test time."""
+
+    name: ClassVar[str] = "TSVC"
+    task_specific: ClassVar[bool] = True
+    svd: SVDMode = "exact"
+
+    def merge_entry(self, entry: TaskEntry) -> EntryMerge:
+        if not uses_svd(entry.key, entry.shape, include_text_projection=True):
+            deltas = entry.deltas()
+            return EntryMerge(per_task=[deltas[t] if t in entry.changed else None for t in range(entry.num_tasks)])
+        rows, cols = entry.shape
+        k = components_per_task(rows, cols, entry.num_tasks)
+        factors = tsv_compress_matrix(entry.deltas(entry.changed), k, self.svd)
+        per_task: list[Any] = [None] * entry.num_tasks
+        for task, compressed in zip(entry.changed, factors, strict=True):
+            per_task[task] = compressed
+        return EntryMerge(per_task=per_task)
+
+    def finalize(self, tasks: TaskVectors) -> dict[str, Any]:
+        shapes = {key: tasks.pretrained[key].shape for key in tasks.keys if tasks.pretrained[key].is_floating_point()}
+        per_task = tsvc_storage(shapes, tasks.num_tasks)
+        full = sum(int(np.prod(shape)) for shape in shapes.values())
+        return {"storage": {"numbers_per_task": per_task, "numbers_total": per_task * tasks.num_tasks,
+                            "full_task_vector_numbers": full, "compression_ratio": full / per_task if per_task else 0}}
+
+
+def tsvc_storage(shapes: dict[str, tuple[int, ...]], num_tasks: int) -> int:
+    """Numbers stored per task by TSV-C: k(rows + cols + 1) per matrix, every other entry whole."""
+    total = 0
+    for key, shape in shapes.items():
+        if uses_svd(key, shape, include_text_projection=True):
+            rows, cols = shape
+            total += components_per_task(rows, cols, num_tasks) * (rows + cols + 1)
+        else:
+            total += int(np.prod(shape))
+    return total

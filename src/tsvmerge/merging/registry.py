@@ -1,0 +1,146 @@
+"""The merge-method registry: a method is found by the name used in ``config/method/<name>.yaml``.
+
+A method is a small dataclass whose fields are its parameters (the config keys, e.g. ``k``,
+``use_ties``) and which implements two hooks: ``prepare`` computes whole-model statistics in a
+first streaming pass when the method needs them (top-k% thresholds, TIES' majority sign, saved
+TALL masks), and ``merge_entry`` maps one entry's task tensors to its merged value. The math
+itself lives in the pure tensor functions of ``tsv``, ``sparsify`` and ``interference``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from torch import Tensor
+
+from .task_vectors import TaskEntry, TaskVectors
+from .tsv import LowRankFactors
+
+
+@dataclass
+class EntryMerge:
+    """What a method produces for one entry.
+
+    ``task_vector`` is the shared τMT entry; ``per_task`` holds one compressed task vector per task
+    (TSV-C; ``None`` for an unchanged task); ``masks`` is a uint8 [T, *shape] tensor whose value
+    ``> j`` is task t's mask for the method's j-th mask choice (TALL's λ values, say).
+    """
+
+    task_vector: Tensor | None = None
+    per_task: list[Tensor | LowRankFactors | None] | None = None
+    masks: Tensor | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MergeMethod:
+    """Base class of every merge method; subclasses are dataclasses of their parameters."""
+
+    name: ClassVar[str]
+    #: α grid upper bound used on validation (grid linspace(0, max, n)[1:]); None means α is fixed.
+    alpha_grid_max: ClassVar[float | None] = None
+    #: α used when the grid is not searched (zeroshot: 0; TSV-C, masks, average: 1).
+    default_alpha: ClassVar[float] = 1.0
+    #: Methods whose tasks are evaluated with their own vector (TSV-C, TALL masks, magnitude masks).
+    task_specific: ClassVar[bool] = False
+
+    def mask_labels(self) -> tuple[Any, ...]:
+        """Labels of the mask choices of mask-producing methods (e.g. TALL's λ values); () for others."""
+        return ()
+
+    def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
+        """First pass over the checkpoints for whole-model statistics (default: none needed)."""
+
+    def merge_entry(self, entry: TaskEntry) -> EntryMerge:
+        raise NotImplementedError
+
+    def finalize(self, tasks: TaskVectors) -> dict[str, Any]:
+        """Whole-model statistics reported after the merge (storage, interference...)."""
+        return {}
+
+
+M = TypeVar("M", bound=type[MergeMethod])
+_METHODS: dict[str, type[MergeMethod]] = {}
+
+
+def register(cls: M) -> M:
+    """Class decorator adding a method to the registry under ``cls.name``."""
+    if cls.name in _METHODS:
+        raise ValueError(f"merge method {cls.name!r} is registered twice")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def available_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def method_class(name: str) -> type[MergeMethod]:
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown merge method {name!r}; available: {', '.join(available_methods())}") from None
+
+
+def method_parameters(name: str) -> dict[str, Any]:
+    """Parameter names of a method with their defaults."""
+    return {f.name: f.default for f in dataclasses.fields(method_class(name))}
+
+
+def build_method(name: str, params: Mapping[str, Any] | None = None) -> MergeMethod:
+    """Instantiate a registered method, checking parameter names and coercing string values."""
+    cls = method_class(name)
+    params = dict(params or {})
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        valid = ", ".join(sorted(known)) or "(none)"
+        raise ValueError(f"method {name!r} has no parameter {', '.join(unknown)}; its parameters: {valid}")
+    coerced = {key: coerce(value, hints[key], key) for key, value in params.items()}
+    return cls(**coerced)
+
+
+_TRUE, _FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
+
+
+def coerce(value: Any, annotation: Any, key: str = "value") -> Any:
+    """Turn a command-line string (``--set k=20``) into the parameter's declared type."""
+    if not isinstance(value, str):
+        return value
+    options = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    if type(None) in options and value.lower() in {"none", "null", ""}:
+        return None
+    literal_values = [v for option in options if typing.get_origin(option) is typing.Literal
+                      for v in typing.get_args(option)]
+    if literal_values:
+        if value not in literal_values:
+            raise ValueError(f"{key}={value!r} is not one of {', '.join(map(str, literal_values))}")
+        return value
+    for option in options:
+        converter: Callable[[str], Any] | None = {bool: _to_bool, int: int, float: float, str: str}.get(option)
+        if converter is None:
+            continue
+        try:
+            return converter(value)
+        except ValueError:
+            continue
+    raise ValueError(f"cannot read {key}={value!r} as {annotation}")
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _to_bool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(value)

@@ -1,0 +1,68 @@
+"""The truncated-SVD solvers: batched, certified 'exact', randomized; all against the full SVD."""
+
+import pytest
+import torch
+
+from tsvmerge.merging.svd import RANDOMIZED_TOLERANCE, truncated_svd
+from tsvmerge.merging.tsv import tsv_merge_matrix
+
+from . import reference as ref
+
+
+def _product(result):
+    return (result.U * result.s.unsqueeze(-2)) @ result.Vh
+
+
+@pytest.mark.parametrize("decay", [0.3, 0.8, 2.0, 6.0])
+def test_exact_solver_matches_full_svd(decay):
+    A = torch.stack(ref.task_matrices(3, 200, 96, decay=decay, seed=1))
+    exact, full = truncated_svd(A, 12, "exact"), truncated_svd(A, 12, "full")
+    assert torch.allclose(exact.s, full.s, rtol=1e-5, atol=1e-7 * float(full.s.max()))
+    assert ref.relative_error(_product(exact), _product(full)) < 1e-5
+    assert torch.allclose(exact.U.mT @ exact.U, torch.eye(12).expand(3, 12, 12), atol=1e-5)
+
+
+def test_exact_solver_falls_back_on_rank_deficient_matrices():
+    A = torch.zeros(2, 100, 50)
+    A[0, :3, :3] = torch.diag(torch.tensor([3.0, 2.0, 1.0]))
+    A[1] = torch.randn(100, 50)
+    exact, full = truncated_svd(A, 10, "exact"), truncated_svd(A, 10, "full")
+    assert ref.relative_error(_product(exact), _product(full)) < 1e-5
+
+
+def test_batched_equals_one_by_one():
+    A = torch.stack(ref.task_matrices(4, 80, 40, seed=2))
+    batched = truncated_svd(A, 5, "exact")
+    for t in range(4):
+        single = truncated_svd(A[t : t + 1], 5, "exact")
+        assert ref.relative_error(_product(single)[0], _product(batched)[t]) < 1e-5
+
+
+def test_randomized_is_within_its_documented_tolerance():
+    deltas = ref.task_matrices(8, 384, 192, decay=0.7, seed=3)
+    exact = tsv_merge_matrix(torch.stack(deltas))
+    fast = tsv_merge_matrix(torch.stack(deltas), svd="randomized")
+    assert ref.relative_error(fast, exact) < RANDOMIZED_TOLERANCE
+
+
+def test_randomized_is_nearly_exact_on_low_rank_plus_noise():
+    g = torch.Generator().manual_seed(4)
+    A = torch.randn(4, 300, 5, generator=g) @ torch.randn(4, 5, 120, generator=g) + 1e-4 * torch.randn(4, 300, 120, generator=g)
+    fast, full = truncated_svd(A, 5, "randomized", generator=g), truncated_svd(A, 5, "full")
+    assert ref.relative_error(_product(fast), _product(full)) < 1e-4
+
+
+def test_wide_input_is_rejected_and_unknown_mode_is_named():
+    with pytest.raises(ValueError, match="tall"):
+        truncated_svd(torch.randn(1, 3, 5), 1)
+    with pytest.raises(ValueError, match="randomized"):
+        truncated_svd(torch.randn(1, 50, 10), 2, "bogus")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_path_matches_cpu():
+    deltas = torch.stack(ref.task_matrices(4, 256, 128, seed=5))
+    cpu = tsv_merge_matrix(deltas)
+    for svd in ("exact", "full"):
+        gpu = tsv_merge_matrix(deltas.cuda(), svd=svd).cpu()
+        assert ref.relative_error(gpu, cpu) < 1e-4
