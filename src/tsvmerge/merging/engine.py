@@ -74,16 +74,16 @@ def merge(method: MergeMethod | str, tasks: TaskVectors, params: Mapping[str, An
     for entry in tasks.entries(f"merge ({method.name})", progress=progress):
         if not entry.changed:
             continue
-        out = method.merge_entry(entry)
+        key, out = entry.key, method.merge_entry(entry)
         if out.task_vector is not None:
             result.task_vector = result.task_vector or {}
-            result.task_vector[entry.key] = out.task_vector.cpu()
+            result.task_vector[key] = out.task_vector.cpu()
         if out.per_task is not None:
             result.per_task = result.per_task or {}
-            result.per_task[entry.key] = [_to_cpu(v) for v in out.per_task]
+            result.per_task[key] = [_to_cpu(v) for v in out.per_task]
         if out.masks is not None:
             result.masks = result.masks or {}
-            result.masks[entry.key] = out.masks.cpu()
+            result.masks[key] = out.masks.cpu()
     if method.task_specific and result.masks is None and result.per_task is None:
         result.per_task = {}  # no task changed anything: every task-specific vector is zero
     if result.task_vector is None and result.per_task is None:

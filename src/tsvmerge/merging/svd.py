@@ -29,7 +29,7 @@ SVD_MODES: tuple[str, ...] = ("exact", "full", "randomized")
 #: against the exact path is below this for task matrices whose spectrum decays at least like
 #: σ_j ∝ j^-0.7 (a slow decay; real task vectors are closer to low rank, where the error is far
 #: smaller). Checked in tests/merging/test_svd.py.
-RANDOMIZED_TOLERANCE = 0.1
+RANDOMIZED_TOLERANCE = 0.05
 
 # Residual bound of the certified ``exact`` solver, relative to the largest singular value.
 _EXACT_RESIDUAL_TOL = 2e-5
@@ -88,7 +88,7 @@ def _certified_svd(A: Tensor, k: int) -> TruncatedSVD:
     if k == 0:
         return _full_svd(A, 0)
     n = A.shape[-1]
-    q = min(n, 2 * k + 8)
+    q = min(n, k + max(16, k // 4))
     # Gram eigenvectors: cheap (one GEMM, one n x n eigh) and accurate for the dominant directions.
     _, eigvecs = torch.linalg.eigh(A.mT @ A)
     basis = eigvecs[..., -q:].flip(-1)
@@ -110,7 +110,9 @@ def _randomized_svd(A: Tensor, k: int, *, oversample: int | None, power_iters: i
     if k == 0:
         return _full_svd(A, 0)
     n = A.shape[-1]
-    q = min(n, k + (oversample if oversample is not None else max(10, k // 2)))
+    q = min(n, k + (oversample if oversample is not None else max(10, k)))
+    # A fixed seed by default: a merge is a deterministic function of its checkpoints.
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
     omega = torch.randn(A.shape[0], n, q, dtype=A.dtype, device="cpu", generator=generator).to(A.device)
     basis, _ = torch.linalg.qr(omega)
     for _ in range(power_iters):

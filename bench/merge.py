@@ -1,0 +1,149 @@
+"""Merge benchmark on synthetic checkpoints in the published format.
+
+    python bench/merge.py --model ViT-B-32 --tasks 8 --method TSVM
+    python bench/merge.py --model ViT-B-32 --tasks 20 --method TSVM sum ties --svd randomized
+
+Checkpoints are built once into a cache folder: the open_clip architecture with random weights and
+the published key layout (an image encoder wrapper with attribute ``model``, text transformer
+removed), plus one fine-tuned copy per task whose image-tower matrices move by a low-rank-plus-noise
+delta (the text parts stay untouched, as in the published fine-tuning). Each method then runs in a
+fresh process, so its wall time and peak memory are its own: peak RSS (memory-mapped checkpoint
+pages included) and peak anonymous memory (RssAnon: what the merge really allocates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_CACHE = Path(os.environ.get("TSVMERGE_BENCH_CACHE", Path(__file__).resolve().parent.parent / ".bench_cache"))
+
+
+def published_state_dict(model_name: str) -> dict[str, torch.Tensor]:
+    """θ0 with the published key names: ``model.visual.*``, ``model.token_embedding.weight``, ..."""
+    import open_clip
+
+    model = open_clip.create_model(model_name, pretrained=None)
+    del model.transformer
+    return {f"model.{key}": value.detach().clone() for key, value in model.state_dict().items()}
+
+
+def task_delta(key: str, value: torch.Tensor, generator: torch.Generator, rank: int = 16,
+               scale: float = 1e-3, noise: float = 1e-4) -> torch.Tensor | None:
+    """A fine-tuning-like change of one entry: low rank plus noise for matrices, noise elsewhere."""
+    if not key.startswith("model.visual.") or not value.is_floating_point():
+        return None
+    if value.ndim == 2:
+        rows, cols = value.shape
+        left = torch.randn(rows, rank, generator=generator)
+        right = torch.randn(rank, cols, generator=generator)
+        low_rank = (left @ right) * (scale / rank**0.5)
+        return low_rank + noise * torch.randn(value.shape, generator=generator)
+    return noise * torch.randn(value.shape, generator=generator)
+
+
+def ensure_checkpoints(model: str, tasks: int, cache: Path) -> tuple[Path, list[Path]]:
+    """Write θ0 and the first ``tasks`` fine-tuned checkpoints unless the cache already has them."""
+    folder = cache / model
+    folder.mkdir(parents=True, exist_ok=True)
+    zeroshot = folder / "zeroshot.pt"
+    finetuned = [folder / f"task{i}.pt" for i in range(tasks)]
+    if zeroshot.exists() and all(p.exists() for p in finetuned):
+        return zeroshot, finetuned
+    torch.manual_seed(0)
+    pretrained = published_state_dict(model)
+    if not zeroshot.exists():
+        torch.save(pretrained, zeroshot)
+    for i, path in enumerate(finetuned):
+        if path.exists():
+            continue
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(1000 + i)
+        state = {}
+        for key, value in pretrained.items():
+            delta = task_delta(key, value, generator)
+            state[key] = value if delta is None else value + delta
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        print(f"  wrote {path} ({time.perf_counter() - started:.1f} s)", flush=True)
+    return zeroshot, finetuned
+
+
+def run_one(method: str, zeroshot: Path, finetuned: list[Path], svd: str | None, device: str,
+            params: list[str]) -> dict:
+    """Merge in this process and report time and memory (the child side of ``main``)."""
+    from tsvmerge.checkpoints import open_state_dict
+    from tsvmerge.merging import TaskVectors, apply_task_vector, build_method, merge, method_parameters
+    from tsvmerge.utils.device import resolve_device
+    from tsvmerge.utils.memory import MemoryMonitor
+
+    values = dict(item.split("=", 1) for item in params)
+    if svd is not None and "svd" in method_parameters(method):
+        values["svd"] = svd
+    if method == "consensus":
+        values.setdefault("tall_lambda", "0.4")
+    built = build_method(method, values)
+    dev = resolve_device(device)
+    with MemoryMonitor(device=dev) as monitor:
+        started = time.perf_counter()
+        tasks = TaskVectors(open_state_dict(zeroshot), [open_state_dict(p) for p in finetuned], device=dev)
+        result = merge(built, tasks, progress=False)
+        if result.task_vector is not None and not built.task_specific:
+            apply_task_vector(tasks.pretrained, result.task_vector, 1.0, inplace=True)
+        seconds = time.perf_counter() - started
+    report = monitor.report
+    return {"method": method, "svd": values.get("svd"), "tasks": len(finetuned), "device": str(dev),
+            "seconds": seconds, "peak_rss_gib": report.peak_rss_bytes / 2**30,
+            "peak_anon_gib": (report.peak_rss_anon_bytes or 0) / 2**30,
+            "peak_cuda_gib": None if report.peak_cuda_bytes is None else report.peak_cuda_bytes / 2**30}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="ViT-B-32", help="open_clip architecture (ViT-B-32, ViT-B-16, ViT-L-14...)")
+    parser.add_argument("--tasks", type=int, default=8)
+    parser.add_argument("--method", nargs="+", default=["TSVM"])
+    parser.add_argument("--svd", choices=["exact", "full", "randomized"], default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--set", dest="params", nargs="+", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where synthetic checkpoints are kept")
+    parser.add_argument("--json", type=Path, help="also append the results to this JSON-lines file")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    zeroshot, finetuned = ensure_checkpoints(args.model, args.tasks, args.cache)
+    if args.child:
+        print(json.dumps(run_one(args.method[0], zeroshot, finetuned, args.svd, args.device, args.params)))
+        return 0
+
+    print(f"{'method':24s} {'svd':>10s} {'tasks':>5s} {'wall s':>8s} {'peak RSS':>10s} {'peak anon':>10s}")
+    for method in args.method:
+        command = [sys.executable, __file__, "--child", "--model", args.model, "--tasks", str(args.tasks),
+                   "--method", method, "--device", args.device, "--cache", str(args.cache)]
+        if args.svd:
+            command += ["--svd", args.svd]
+        if args.params:
+            command += ["--set", *args.params]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{method}: failed\n{done.stderr}", file=sys.stderr)
+            return done.returncode
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"{row['method']:24s} {row['svd'] or '-':>10s} {row['tasks']:5d} {row['seconds']:8.1f} "
+              f"{row['peak_rss_gib']:8.2f} G {row['peak_anon_gib']:8.2f} G", flush=True)
+        if args.json:
+            with args.json.open("a") as fh:
+                fh.write(json.dumps({"model": args.model, **row}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

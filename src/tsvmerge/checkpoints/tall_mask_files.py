@@ -1,0 +1,106 @@
+"""TALL mask files in the published format (SPEC §1), read without ``np.load(allow_pickle=True)``.
+
+The published code stores ``np.save(path, {dataset: np.packbits(flat_bool_mask)})``: a 0-d object array, i.e. a
+pickle. Masks are shared as downloads, so the payload is unpickled with an allow-list of numpy's own array
+reconstruction functions and plain containers only.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, BinaryIO
+
+import numpy as np
+from numpy.lib import format as npy_format
+
+from tsvmerge.checkpoints.paths import PathLike, atomic_write, require_file
+from tsvmerge.checkpoints.safe_pickle import UnsafeCheckpointError, _RestrictedUnpickler
+
+__all__ = ["load_tall_masks", "save_tall_masks", "tall_mask_allow_list"]
+
+
+def tall_mask_allow_list() -> dict[str, object]:
+    """Globals that an ``np.save``d dict of uint8 arrays needs, under numpy 1.x and 2.x module names."""
+    try:
+        from numpy._core import multiarray  # numpy >= 2 (numpy.core is a deprecated alias there)
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray
+
+    allowed: dict[str, object] = {
+        "numpy.ndarray": np.ndarray,
+        "numpy.dtype": np.dtype,
+        "collections.OrderedDict": OrderedDict,
+        "builtins.set": set,
+        "builtins.frozenset": frozenset,
+    }
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[f"{module}._reconstruct"] = multiarray._reconstruct
+        allowed[f"{module}.scalar"] = multiarray.scalar
+    return allowed
+
+
+def save_tall_masks(path: PathLike, masks: Mapping[str, np.ndarray]) -> None:
+    """Write ``{name: flat bool mask}`` as ``np.save(path, {name: np.packbits(mask)})``, atomically."""
+    packed: dict[str, np.ndarray] = {}
+    for name, mask in masks.items():
+        arr = np.asarray(mask)
+        if arr.dtype != np.bool_ or arr.ndim != 1:
+            raise TypeError(f"TALL mask {name!r} must be a flat bool array, got dtype {arr.dtype}, shape {arr.shape}")
+        packed[str(name)] = np.packbits(arr)
+
+    def write(tmp: Any) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to the temporary name
+            np.save(fh, packed, allow_pickle=True)
+
+    atomic_write(path, write)
+
+
+def _read_object_payload(fh: BinaryIO, source: str) -> object:
+    version = npy_format.read_magic(fh)
+    if version == (1, 0):
+        shape, _fortran, dtype = npy_format.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _fortran, dtype = npy_format.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f"{source}: unsupported .npy format version {version}")
+    if dtype != np.dtype(object) or shape != ():
+        raise ValueError(
+            f"{source} is not a TALL mask file: expected a pickled dict (0-d object array), "
+            f"found an array of dtype {dtype} and shape {shape}"
+        )
+    try:
+        array = _RestrictedUnpickler(fh, tall_mask_allow_list(), source).load()
+    except UnsafeCheckpointError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{source}: corrupt TALL mask payload: {type(exc).__name__}: {exc}") from exc
+    if isinstance(array, np.ndarray) and array.dtype == object and array.shape == ():
+        return array.item()
+    return array
+
+
+def load_tall_masks(path: PathLike, num_entries: int | None = None) -> dict[str, np.ndarray]:
+    """Read a TALL mask file into ``{name: flat bool array}``.
+
+    Packed masks are padded to a multiple of 8 entries; give ``num_entries`` (the number of entries of the
+    pre-trained state dict) to trim them, which also checks that the file was built for a model of that size.
+    """
+    p = require_file(path, what="TALL mask file")
+    with open(p, "rb") as fh:
+        payload = _read_object_payload(fh, str(p))
+    if not isinstance(payload, dict):
+        raise ValueError(f"{p} is not a TALL mask file: it holds a {type(payload).__name__}, not a dict")
+    masks: dict[str, np.ndarray] = {}
+    for name, packed in payload.items():
+        if not isinstance(name, str) or not isinstance(packed, np.ndarray) or packed.dtype != np.uint8 or packed.ndim != 1:
+            raise ValueError(f"{p}: entry {name!r} is not a packed mask (a 1-D uint8 array)")
+        if num_entries is not None and packed.size != -(-num_entries // 8):
+            raise ValueError(
+                f"{p}: mask {name!r} has {packed.size * 8} bits (packed), which does not fit a model with "
+                f"{num_entries} entries; was it built for another model?"
+            )
+        bits = np.unpackbits(packed)
+        masks[name] = (bits[:num_entries] if num_entries is not None else bits).astype(bool)
+    return masks

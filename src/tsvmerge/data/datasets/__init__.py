@@ -1,0 +1,17 @@
+"""One module per dataset family; each exposes ``DatasetSource`` objects collected by ``tsvmerge.data.registry``."""
+
+from __future__ import annotations
+
+from . import cars, fer2013, folder_sets, gtsrb, resisc45, torchvision_sets
+from .base import DatasetSource
+
+ALL_SOURCES: tuple[DatasetSource, ...] = (
+    *torchvision_sets.SOURCES,
+    *folder_sets.SOURCES,
+    cars.SOURCE,
+    gtsrb.SOURCE,
+    resisc45.SOURCE,
+    fer2013.SOURCE,
+)
+
+__all__ = ["ALL_SOURCES", "DatasetSource"]

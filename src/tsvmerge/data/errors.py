@@ -1,0 +1,30 @@
+"""The one error a missing benchmark dataset raises."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A benchmark dataset is not (completely) present under ``data_location``.
+
+    Subclasses FileNotFoundError so callers that already catch missing files keep working; the message names the
+    expected paths and says how to prepare them, because most of these datasets cannot be downloaded automatically.
+    """
+
+
+def missing_dataset(name: str, location: Path, missing: Iterable[Path | str], hint: str) -> DatasetNotFoundError:
+    """Build the error for ``name`` whose ``missing`` paths are absent under ``location``."""
+    lines = "\n".join(f"  - {p}" for p in missing)
+    return DatasetNotFoundError(
+        f"Dataset {name} not found under data_location '{location}'. Missing:\n{lines}\n"
+        f"How to prepare it: {hint.replace('{location}', str(location))}"
+    )
+
+
+def require(name: str, location: Path, paths: Iterable[Path], hint: str) -> None:
+    """Raise one DatasetNotFoundError listing every path in ``paths`` that does not exist."""
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise missing_dataset(name, location, missing, hint)

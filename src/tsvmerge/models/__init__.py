@@ -1,0 +1,1 @@
+"""Model components (classification heads) shared by merging and evaluation."""
