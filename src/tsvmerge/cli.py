@@ -10,6 +10,7 @@ their own ``.pt`` / ``.safetensors`` files.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--lambda", dest="tall_lambda", type=float, default=None,
                    help="tall_mask: the λ whose masks are applied and saved (no validation data here; default 0.4)")
     m.add_argument("--save-masks", type=Path, help="tall_mask: also write the masks in the published .npy format")
-    m.add_argument("--report-sti", action="store_true", help="TSV methods: print per-layer STI before/after")
+    m.add_argument("--report-sti", action="store_true",
+                   help="TSV methods: print Singular Task Interference per transformer block, before/after")
+    m.add_argument("--sti-out", type=Path, help="with --report-sti: write the per-entry and per-block STI as JSON")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub.add_parser("methods", help="list merge methods and their parameters")
@@ -112,10 +115,28 @@ def _merge(args: argparse.Namespace) -> int:
         print(f"  storage: {storage['numbers_per_task']:,} numbers per task, {storage['numbers_total']:,} in total "
               f"({storage['compression_ratio']:.1f}x smaller than a full task vector each)")
     if "sti" in result.stats:
-        print(f"  {'entry':60s} {'STI before':>12s} {'STI after':>12s}")
-        for key, values in result.stats["sti"].items():
-            print(f"  {key:60s} {values['before']:12.4g} {values['after']:12.4g}")
+        _print_interference(result.stats)
+        if args.sti_out:
+            args.sti_out.parent.mkdir(parents=True, exist_ok=True)
+            args.sti_out.write_text(json.dumps({"per_entry": result.stats["sti"],
+                                                "per_block": result.stats["sti_per_block"]}, indent=2))
+            print(f"  wrote {args.sti_out}")
     return 0
+
+
+def _print_interference(stats: dict) -> None:
+    """Per-block STI table (blocks in numeric order) and the whole-model totals."""
+    def block_order(name: str) -> tuple[str, int]:
+        prefix, _, index = name.rpartition(".")
+        return prefix, int(index) if index.isdigit() else -1
+
+    print(f"  {'Singular Task Interference':48s} {'before':>12s} {'after':>12s}")
+    for block in sorted(stats["sti_per_block"], key=block_order):
+        values = stats["sti_per_block"][block]
+        print(f"  {block:48s} {values['before']:12.4g} {values['after']:12.4g}")
+    before = sum(v["before"] for v in stats["sti"].values())
+    after = sum(v["after"] for v in stats["sti"].values())
+    print(f"  {'all matrices':48s} {before:12.4g} {after:12.4g}")
 
 
 def _write_outputs(args: argparse.Namespace, result, pretrained, tasks: TaskVectors) -> list[Path]:

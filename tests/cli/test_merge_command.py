@@ -1,5 +1,6 @@
 """`tsvmerge merge`: the dataset-free command line on state-dict files."""
 
+import json
 import subprocess
 import sys
 
@@ -50,12 +51,16 @@ def test_tsvm_to_safetensors_with_sti_report(files, capsys):
     tmp, pre, fts, paths = files
     out = tmp / "merged.safetensors"
     assert _run("--method", "TSVM", "--pretrained", str(tmp / "zeroshot.pt"), "--finetuned", *paths,
-                "--out", str(out), "--svd", "exact", "--report-sti", "--device", "cpu") == 0
+                "--out", str(out), "--svd", "exact", "--report-sti", "--sti-out", str(tmp / "sti.json"),
+                "--device", "cpu") == 0
     merged = load_file(out)
     expected = pre[IN_PROJ] + ref.tsvm(list(deltas(pre, fts, IN_PROJ))).float()
     assert torch.allclose(merged[IN_PROJ], expected, atol=1e-5)
     printed = capsys.readouterr().out
-    assert "STI before" in printed and IN_PROJ in printed
+    assert "Singular Task Interference" in printed and "model.visual.transformer.resblocks.0" in printed
+    sti = json.loads((tmp / "sti.json").read_text())
+    assert set(sti["per_entry"]) == {IN_PROJ, "model.visual.transformer.resblocks.0.mlp.c_proj.weight"}
+    assert sti["per_entry"][IN_PROJ]["after"] < 1e-4 * sti["per_entry"][IN_PROJ]["before"]
 
 
 def test_set_passes_method_parameters(files):
@@ -112,13 +117,16 @@ def test_errors_are_clear(files, capsys, argv, message):
 
 def test_missing_checkpoint_says_how_to_get_one(files, capsys):
     tmp, _, _, paths = files
-    code = _run("--method", "sum", "--pretrained", str(tmp / "nope.pt"), "--finetuned", *paths, "--out", str(tmp / "o.pt"))
+    code = _run("--method", "sum", "--pretrained", str(tmp / "nope.pt"), "--finetuned", *paths,
+                "--out", str(tmp / "o.pt"))
     assert code == 2
     err = capsys.readouterr().err
     assert "nope.pt" in err and "nik-dim/tall_masks" in err
 
 
 def test_console_entry_point_lists_methods():
-    done = subprocess.run([sys.executable, "-m", "tsvmerge.cli", "methods"], capture_output=True, text=True, check=True)
-    for name in ("TSVM", "TSVM_2", "TSVC", "ties", "tall_mask", "consensus", "mag_masking", "sum", "average", "zeroshot"):
+    done = subprocess.run([sys.executable, "-m", "tsvmerge.cli", "methods"],
+                          capture_output=True, text=True, check=True)
+    names = ("TSVM", "TSVM_2", "TSVC", "ties", "tall_mask", "consensus", "mag_masking", "sum", "average", "zeroshot")
+    for name in names:
         assert name in done.stdout

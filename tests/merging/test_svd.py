@@ -47,7 +47,8 @@ def test_randomized_is_within_its_documented_tolerance():
 
 def test_randomized_is_nearly_exact_on_low_rank_plus_noise():
     g = torch.Generator().manual_seed(4)
-    A = torch.randn(4, 300, 5, generator=g) @ torch.randn(4, 5, 120, generator=g) + 1e-4 * torch.randn(4, 300, 120, generator=g)
+    low_rank = torch.randn(4, 300, 5, generator=g) @ torch.randn(4, 5, 120, generator=g)
+    A = low_rank + 1e-4 * torch.randn(4, 300, 120, generator=g)
     fast, full = truncated_svd(A, 5, "randomized", generator=g), truncated_svd(A, 5, "full")
     assert ref.relative_error(_product(fast), _product(full)) < 1e-4
 

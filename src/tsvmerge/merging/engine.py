@@ -7,16 +7,19 @@ value is θ0's own (file-backed) tensor.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .registry import MergeMethod, build_method
-from .task_vectors import TaskVectors
+from .registry import EntryMerge, MergeMethod, build_method
+from .task_vectors import TaskEntry, TaskVectors
 from .tsv import LowRankFactors
 
 
@@ -61,20 +64,29 @@ class MergeResult:
             yield key, levels[task] > choice
 
 
+def default_workers(device: torch.device) -> int:
+    """Entries merged concurrently: one per CPU core (at most 8) on the CPU, one on a GPU."""
+    return 1 if device.type != "cpu" else max(1, min(8, len(os.sched_getaffinity(0))))
+
+
 def merge(method: MergeMethod | str, tasks: TaskVectors, params: Mapping[str, Any] | None = None, *,
-          progress: bool = True) -> MergeResult:
-    """Run ``method`` over every entry of ``tasks`` and collect its outputs on the CPU."""
+          progress: bool = True, workers: int | None = None) -> MergeResult:
+    """Run ``method`` over every entry of ``tasks`` and collect its outputs on the CPU.
+
+    On the CPU, ``workers`` entries (default: one per core) are merged concurrently, each with one
+    BLAS thread: the LAPACK routines that dominate the SVD-based methods use several cores poorly
+    within one call, but independent calls scale. At most ``workers`` entries are in memory at once.
+    """
     if isinstance(method, str):
         method = build_method(method, params)
     elif params:
         raise ValueError("params are given with the method name, not with a built method")
+    workers = default_workers(tasks.device) if workers is None else workers
     started = time.perf_counter()
     method.prepare(tasks, progress=progress)
     result = MergeResult(method=method, keys=list(tasks.keys), num_tasks=tasks.num_tasks)
-    for entry in tasks.entries(f"merge ({method.name})", progress=progress):
-        if not entry.changed:
-            continue
-        key, out = entry.key, method.merge_entry(entry)
+    changed = (entry for entry in tasks.entries(f"merge ({method.name})", progress=progress) if entry.changed)
+    for key, out in _map_in_order(method.merge_entry, changed, workers):
         if out.task_vector is not None:
             result.task_vector = result.task_vector or {}
             result.task_vector[key] = out.task_vector.cpu()
@@ -92,11 +104,41 @@ def merge(method: MergeMethod | str, tasks: TaskVectors, params: Mapping[str, An
     return result
 
 
+def _map_in_order(fn: Callable[[TaskEntry], EntryMerge], entries: Iterable[TaskEntry],
+                  workers: int) -> Iterator[tuple[str, EntryMerge]]:
+    """``(entry.key, fn(entry))`` in input order, computed by ``workers`` threads.
+
+    A few more entries than workers are queued so that a large layer waiting to be yielded does not
+    idle the other workers; queued entries hold no tensors until a worker starts them, so at most
+    ``workers`` layers' task stacks are in memory at once.
+    """
+    if workers <= 1:
+        for entry in entries:
+            yield entry.key, fn(entry)
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            in_flight: deque[tuple[str, Future[EntryMerge]]] = deque()
+            for entry in entries:
+                in_flight.append((entry.key, pool.submit(fn, entry)))
+                if len(in_flight) >= 4 * workers:
+                    key, future = in_flight.popleft()
+                    yield key, future.result()
+            while in_flight:
+                key, future = in_flight.popleft()
+                yield key, future.result()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _to_cpu(value: Tensor | LowRankFactors | None) -> Tensor | LowRankFactors | None:
     return None if value is None else value.to("cpu")
 
 
-def apply_task_vector(pretrained: Mapping[str, Tensor], task_vector: Mapping[str, Tensor] | Iterator[tuple[str, Tensor]],
+def apply_task_vector(pretrained: Mapping[str, Tensor],
+                      task_vector: Mapping[str, Tensor] | Iterator[tuple[str, Tensor]],
                       alpha: float = 1.0, *, inplace: bool = False) -> dict[str, Tensor]:
     """θ0 + α·τ for every entry of θ0, in θ0's dtypes.
 

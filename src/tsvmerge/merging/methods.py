@@ -295,7 +295,8 @@ class _TaskSingularVectorsMerge(MergeMethod):
     def finalize(self, tasks: TaskVectors) -> dict[str, Any]:
         if not self.report_sti:
             return {}
-        return {"sti": dict(self._sti), "sti_per_block": interference_per_block(self._sti)}
+        per_entry = {key: self._sti[key] for key in sorted(self._sti)}
+        return {"sti": per_entry, "sti_per_block": interference_per_block(per_entry)}
 
 
 @register

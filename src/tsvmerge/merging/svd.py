@@ -113,11 +113,10 @@ def _randomized_svd(A: Tensor, k: int, *, oversample: int | None, power_iters: i
     q = min(n, k + (oversample if oversample is not None else max(10, k)))
     # A fixed seed by default: a merge is a deterministic function of its checkpoints.
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    omega = torch.randn(A.shape[0], n, q, dtype=A.dtype, device="cpu", generator=generator).to(A.device)
-    basis, _ = torch.linalg.qr(omega)
+    basis = torch.randn(A.shape[0], n, q, dtype=A.dtype, device="cpu", generator=generator).to(A.device)
     for _ in range(power_iters):
-        Y, _ = torch.linalg.qr(A @ basis)
-        basis, _ = torch.linalg.qr(A.mT @ Y)
+        # Subspace iteration on AᵀA, re-orthonormalized in the small n x q space (cheap QR).
+        basis, _ = torch.linalg.qr(A.mT @ (A @ basis))
     result, _ = _rayleigh_ritz(A, basis, k)
     return result
 

@@ -53,9 +53,10 @@ class TaskEntry:
         """Stack [len(tasks), *shape] of task vectors (all tasks by default)."""
         tasks = range(self.num_tasks) if tasks is None else tasks
         base = self.pretrained.to(self.device, torch.float32)
-        if not tasks:
-            return torch.empty((0, *self.shape), device=self.device)
-        return torch.stack([self.finetuned[t].to(self.device, torch.float32) - base for t in tasks])
+        out = torch.empty((len(tasks), *self.shape), device=self.device)
+        for row, task in zip(out, tasks):
+            torch.sub(self.finetuned[task].to(self.device, torch.float32), base, out=row)
+        return out
 
 
 class TaskVectors:

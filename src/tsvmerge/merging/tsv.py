@@ -46,7 +46,7 @@ class TaskSingularVectors:
 
 def nonzero_tasks(deltas: Tensor) -> Tensor:
     """Indices of the tasks whose matrix has a non-zero entry."""
-    return deltas.flatten(1).ne(0).any(dim=1).nonzero().flatten()
+    return torch.linalg.vector_norm(deltas.flatten(1), ord=torch.inf, dim=1).nonzero().flatten()
 
 
 def task_singular_vectors(deltas: Tensor, k: int | None = None, svd: SVDMode = "exact", *,
@@ -61,7 +61,8 @@ def task_singular_vectors(deltas: Tensor, k: int | None = None, svd: SVDMode = "
     _, rows, cols = deltas.shape
     num_tasks = deltas.shape[0] if num_tasks is None else num_tasks
     k = components_per_task(rows, cols, num_tasks) if k is None else k
-    active = deltas[nonzero_tasks(deltas)]
+    nonzero = nonzero_tasks(deltas)
+    active = deltas if nonzero.numel() == deltas.shape[0] else deltas[nonzero]
     wide = rows < cols
     batch = active.mT if wide else active
     parts: TruncatedSVD = truncated_svd(batch, k, svd)
