@@ -10,9 +10,6 @@ import types
 import pytest
 import torch
 
-# torch.save(module, _use_new_zipfile_serialization=False) wants the source of classes defined in functions.
-pytestmark = pytest.mark.filterwarnings("ignore:Couldn't retrieve source code:UserWarning")
-
 from tsvmerge.checkpoints import (
     UnsafeCheckpointError,
     load_legacy_module,
@@ -20,6 +17,9 @@ from tsvmerge.checkpoints import (
     open_state_dict,
 )
 from tsvmerge.models.heads import ClassificationHead, load_classification_head, save_classification_head
+
+# torch.save(module, _use_new_zipfile_serialization=False) wants the source of classes defined in functions.
+pytestmark = pytest.mark.filterwarnings("ignore:Couldn't retrieve source code:UserWarning")
 
 
 @contextlib.contextmanager
@@ -113,7 +113,8 @@ def _payloads(marker):
     return {
         "os.system": (_Evil(os.system, (f"touch {marker}",)), {"posix.system", "nt.system"}),
         "builtins.exec": (_Evil(exec, (f"open({str(marker)!r}, 'w').close()",)), {"builtins.exec"}),
-        "subprocess.call": (_Evil(subprocess.call, (["touch", str(marker)],)), {"subprocess.call", "commands.call"}),  # protocol 2 writes the py2 name
+        # protocol 2 writes subprocess.call under its Python 2 name
+        "subprocess.call": (_Evil(subprocess.call, (["touch", str(marker)],)), {"subprocess.call", "commands.call"}),
     }
 
 

@@ -22,12 +22,19 @@ def test_exact_solver_matches_full_svd(decay):
     assert torch.allclose(exact.U.mT @ exact.U, torch.eye(12).expand(3, 12, 12), atol=1e-5)
 
 
-def test_exact_solver_falls_back_on_rank_deficient_matrices():
+@pytest.mark.parametrize("seed", range(5))
+def test_exact_solver_on_rank_deficient_and_flat_spectra(seed):
+    """Zero singular values and a Gaussian matrix's flat spectrum: still within SPEC's 1e-4.
+
+    (A tiny gap σ_k − σ_k+1 makes the rank-k truncation itself ill-conditioned: two float32 SVDs
+    then legitimately differ more than on real task matrices.)
+    """
+    g = torch.Generator().manual_seed(seed)
     A = torch.zeros(2, 100, 50)
     A[0, :3, :3] = torch.diag(torch.tensor([3.0, 2.0, 1.0]))
-    A[1] = torch.randn(100, 50)
+    A[1] = torch.randn(100, 50, generator=g)
     exact, full = truncated_svd(A, 10, "exact"), truncated_svd(A, 10, "full")
-    assert ref.relative_error(_product(exact), _product(full)) < 1e-5
+    assert ref.relative_error(_product(exact), _product(full)) < 1e-4
 
 
 def test_batched_equals_one_by_one():

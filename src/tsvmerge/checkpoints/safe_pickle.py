@@ -300,7 +300,8 @@ class _Opaque:
 
 def _classes_defined_in(module: types.ModuleType, base: type | None = None) -> Iterator[str]:
     for value in vars(module).values():
-        if isinstance(value, type) and value.__module__ == module.__name__ and (base is None or issubclass(value, base)):
+        defined_here = isinstance(value, type) and value.__module__ == module.__name__
+        if defined_here and (base is None or issubclass(value, base)):
             yield f"{module.__name__}.{value.__qualname__}"
 
 

@@ -94,7 +94,8 @@ def load_tall_masks(path: PathLike, num_entries: int | None = None) -> dict[str,
         raise ValueError(f"{p} is not a TALL mask file: it holds a {type(payload).__name__}, not a dict")
     masks: dict[str, np.ndarray] = {}
     for name, packed in payload.items():
-        if not isinstance(name, str) or not isinstance(packed, np.ndarray) or packed.dtype != np.uint8 or packed.ndim != 1:
+        is_packed = isinstance(packed, np.ndarray) and packed.dtype == np.uint8 and packed.ndim == 1
+        if not isinstance(name, str) or not is_packed:
             raise ValueError(f"{p}: entry {name!r} is not a packed mask (a 1-D uint8 array)")
         if num_entries is not None and packed.size != -(-num_entries // 8):
             raise ValueError(

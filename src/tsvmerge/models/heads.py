@@ -8,7 +8,13 @@ from torch import Tensor
 from tsvmerge.checkpoints.paths import PathLike, atomic_write
 from tsvmerge.checkpoints.safe_pickle import load_pickled_object
 
-__all__ = ["HEAD_CLASS_PATHS", "ClassificationHead", "head_allow_list", "load_classification_head", "save_classification_head"]
+__all__ = [
+    "HEAD_CLASS_PATHS",
+    "ClassificationHead",
+    "head_allow_list",
+    "load_classification_head",
+    "save_classification_head",
+]
 
 # Class paths under which heads were pickled: the tall_masks code, the older task_vectors code, and ours.
 HEAD_CLASS_PATHS = (

@@ -1,0 +1,372 @@
+"""``main.py``'s recipe: merge the fine-tuned checkpoints with one method and evaluate it (SPEC §4).
+
+Reads top to bottom:
+
+1. check every input on disk (checkpoints, heads, masks, accuracy file, datasets) - one error listing all gaps;
+2. open the checkpoints once (memory-mapped) and build the image encoder from the zero-shot checkpoint;
+3. build each dataset and head once;
+4. merge (the streaming engine of :mod:`tsvmerge.merging`);
+5. α sweep on the validation splits, the model rewritten in place for each α (or, for task-specific methods,
+   each task's own vector per mask choice λ), then the test splits at the chosen α / λ;
+6. write the result JSON atomically (plus a copy in the Hydra run directory) and print a table.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..checkpoints.paths import tall_mask_paths
+from ..checkpoints.state_dict import open_state_dict
+from ..checkpoints.tall_mask_files import save_tall_masks
+from ..config import RunSettings
+from ..data import class_synonyms, get_dataset, templates
+from ..data.registry import default_num_workers
+from ..data.task_dataset import TaskDataset
+from ..merging import MergeResult, TaskVectors, build_method, merge
+from ..models.encoder import build_image_encoder
+from ..models.factory import ModelSpec
+from ..models.preprocess import split_preprocess
+from ..models.zeroshot_heads import load_or_build_heads
+from .alpha_search import InPlaceWeights, alpha_grid, alpha_label
+from .evaluate import CachePolicy, EvalSplit, Evaluator, Runtime
+from .metrics import first_best, metrics_section
+from .preflight import Preflight, existing_mask_file
+from .results import RESULT_SCHEMA, format_table, result_path, result_suffix, write_json
+from .tracking import Tracker
+
+__all__ = ["EvalData", "MergeEvalOutcome", "build_eval_data", "run_merge_evaluation", "tall_masks_for_choices"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MergeEvalOutcome:
+    payload: dict[str, Any]
+    path: Path
+    copies: list[Path]
+    table: str
+
+
+@dataclass
+class EvalData:
+    """Per dataset (base name): validation and test splits and the zero-shot head."""
+
+    val: dict[str, EvalSplit]
+    test: dict[str, EvalSplit]
+    heads: dict[str, torch.nn.Module]
+
+
+def _policies(eval_cache: str) -> tuple[CachePolicy, CachePolicy]:
+    """(validation, test) cache policies: validation splits are evaluated once per α, test splits once."""
+    return {"memory": ("memory", "stream"), "disk": ("disk", "disk"), "none": ("stream", "stream")}[eval_cache]
+
+
+def _synonyms(name: str, task: TaskDataset) -> list[list[str]]:
+    try:
+        return class_synonyms(name)
+    except LookupError:  # class names that come from the dataset's files
+        return [[c] for c in task.classnames]
+
+
+def build_eval_data(spec: ModelSpec, datasets: list[str], preprocess: Any, *, data_location: Path,
+                    model_location: Path, batch_size: int, num_workers: int | None, eval_cache: str,
+                    cache_dir: Path, runtime: Runtime, shared_weights: Mapping[str, torch.Tensor] | None,
+                    progress: bool, splits: tuple[str, ...] = ("val", "test")) -> EvalData:
+    """Datasets (each built once), their evaluation splits and the heads (loaded, or built and saved)."""
+    workers = default_num_workers() if num_workers is None else num_workers
+    val_policy, test_policy = _policies(eval_cache)
+    pin = runtime.on_cuda
+    val, test, tasks = {}, {}, {}
+    for d in datasets:
+        if "val" in splits:
+            task = get_dataset(f"{d}Val", preprocess, data_location, batch_size=batch_size, num_workers=workers)
+            val[d] = EvalSplit(f"{d}Val", task, val_policy, cache_dir, batch_size, workers, pin)
+        if "test" in splits:
+            tasks[d] = get_dataset(d, preprocess, data_location, batch_size=batch_size, num_workers=workers)
+            test[d] = EvalSplit(d, tasks[d], test_policy, cache_dir, batch_size, workers, pin)
+    heads = load_or_build_heads(
+        spec, model_location, datasets,
+        synonyms=lambda d: _synonyms(d, tasks[d] if d in tasks else val[d].task),
+        templates=templates, shared_weights=shared_weights, device=runtime.device, progress=progress,
+    )
+    return EvalData(val, test, {d: h.to(runtime.device).eval() for d, h in heads.items()})
+
+
+def tall_masks_for_choices(result: MergeResult, tasks: TaskVectors, choices: list[int]) -> dict[str, np.ndarray]:
+    """Each task's mask at its chosen λ, flat over every θ0 entry in sorted key order (published layout)."""
+    offsets = tasks.flat_offsets()
+    total = max((end for _, end in offsets.values()), default=0)
+    masks = {}
+    for task, (name, choice) in enumerate(zip(tasks.names, choices, strict=True)):
+        flat = np.zeros(total, dtype=bool)
+        for key, mask in result.task_mask(task, choice):
+            start, end = offsets[key]
+            flat[start:end] = mask.flatten().numpy()
+        masks[name.removesuffix("Val")] = flat
+    return masks
+
+
+def _preflight(settings: RunSettings) -> tuple[Path, list[Path], dict[str, float], Path | None]:
+    spec, loc, datasets = settings.model, settings.model_location, settings.datasets
+    check = Preflight(f"{settings.method} on {spec.name} ({settings.num_tasks} tasks)")
+    zeroshot = check.zeroshot(loc, spec.name)
+    finetuned = [] if settings.method == "zeroshot" else check.finetuned(loc, spec.name, datasets)
+    mask_file = _mask_file(settings, check)
+    check.heads(spec, loc, datasets)
+    accuracies = check.accuracies(settings.ft_accuracies, [f"{d}Val" for d in datasets] + list(datasets))
+    check.data(settings.data_location, datasets)
+    check.raise_if_missing()
+    assert accuracies is not None
+    return zeroshot, finetuned, accuracies, mask_file
+
+
+def _mask_file(settings: RunSettings, check: Preflight) -> Path | None:
+    params = settings.method_params
+    needs = (settings.method == "tall_mask" and settings.load_mask) or (
+        settings.method == "consensus" and params.get("tall_lambda") is None)
+    if not needs:
+        return None
+    if params.get("mask_file"):
+        path = Path(params["mask_file"])
+        if not path.is_file():
+            check.other.append(f"method.mask_file={str(path)!r} does not exist")
+        return path
+    use_ties, agg = bool(params.get("use_ties", False)), str(params.get("ties_agg", "sum"))
+    found = existing_mask_file(settings.model_location, settings.model.name, settings.num_tasks, use_ties, agg)
+    if found is None:
+        looked = " or ".join(str(p) for p in tall_mask_paths(settings.model_location, settings.model.name,
+                                                               settings.num_tasks, use_ties, agg))
+        ties = f" method.use_ties=true method.ties_agg={agg}" if use_ties else ""
+        tasks = (f"num_tasks={settings.num_tasks}" if settings.benchmark_prefix
+                 else f"DATASETS=[{','.join(settings.datasets)}]")
+        check.other.append(
+            f"saved TALL masks {looked} not found: {settings.method} "
+            f"{'with load_mask=true ' if settings.method == 'tall_mask' else ''}reads the masks of a tall_mask run; "
+            f"run `python main.py model={settings.model.name} method=tall_mask {tasks}{ties}` first "
+            "(or download them from nik-dim/tall_masks, folder tall_masks/<model>/)"
+        )
+    return found
+
+
+def run_merge_evaluation(settings: RunSettings, run_dir: Path | None = None,
+                         config: Mapping[str, Any] | None = None) -> MergeEvalOutcome:
+    """The whole ``main.py`` run; returns the payload written to the result file."""
+    started = time.perf_counter()
+    timing: dict[str, float] = {}
+    spec, datasets, progress = settings.model, settings.datasets, settings.progress
+    zeroshot_path, finetuned_paths, ft_acc, mask_file = _preflight(settings)
+
+    params = dict(settings.method_params)
+    if mask_file is not None:
+        params["mask_file"] = str(mask_file)
+    method = build_method(settings.method, params)
+    if settings.specify_lambda is not None and method.alpha_grid_max is None:
+        log.warning("specify_lambda applies to methods with an α grid; %s uses α=%g", settings.method,
+                    method.default_alpha)
+    runtime = Runtime.create(settings.device, settings.precision, settings.channels_last)  # type: ignore[arg-type]
+    log.info("%s on %s, %d tasks, device %s", settings.method, spec.name, len(datasets), runtime.describe())
+    run_name = f"{spec.name}_{len(datasets)}tasks_{settings.method_full_name}"
+    tracker = Tracker(settings.wandb, config, run_name)
+
+    try:
+        # Checkpoints are opened once, memory-mapped; θ0 serves the encoder, the heads and the merge.
+        theta0 = open_state_dict(zeroshot_path)
+        encoder, preprocess = build_image_encoder(spec, theta0, zeroshot_path)
+        prep = split_preprocess(preprocess)
+        data = build_eval_data(spec, datasets, prep.pil, data_location=settings.data_location,
+                               model_location=settings.model_location, batch_size=settings.batch_size,
+                               num_workers=settings.num_workers, eval_cache=settings.eval_cache,
+                               cache_dir=settings.cache_dir, runtime=runtime, shared_weights=theta0, progress=progress)
+        evaluator = Evaluator(encoder, runtime, prep.normalize, progress)
+        weights = InPlaceWeights(evaluator.encoder)  # after the move to the device: these are the live tensors
+        timing["setup_s"] = time.perf_counter() - started
+
+        tick = time.perf_counter()
+        tasks = None
+        if settings.method == "zeroshot":
+            result = None
+        else:
+            finetuned = [open_state_dict(p) for p in finetuned_paths]
+            tasks = TaskVectors(theta0, finetuned, names=datasets, device=runtime.device)
+            result = merge(method, tasks, progress=progress)
+        timing["merge_s"] = time.perf_counter() - tick
+
+        extra: dict[str, Any] = {}
+        tick = time.perf_counter()
+        if result is not None and method.task_specific:
+            outcome = _task_specific(settings, method, result, tasks, data, evaluator, weights, ft_acc, tracker,
+                                     mask_file, extra)
+        else:
+            outcome = _shared_vector(settings, method, result, data, evaluator, weights, ft_acc, tracker)
+        alpha, alphas, val_sections, val_best, test, choices = outcome
+        timing["evaluation_s"] = time.perf_counter() - tick
+        timing["total_s"] = time.perf_counter() - started
+
+        alpha_fixed = settings.specify_lambda if method.alpha_grid_max is not None else None
+        suffix = settings.result_suffix or result_suffix(datasets, settings.benchmark_prefix, alpha_fixed)
+        path = result_path(settings.results_dir, settings.save_subfolder, spec.name, len(datasets),
+                           settings.method_full_name, suffix)
+        payload: dict[str, Any] = {
+            "schema": RESULT_SCHEMA,
+            "model": spec.name,
+            "method": settings.method,
+            "method_full_name": settings.method_full_name,
+            "method_params": params,
+            "num_tasks": len(datasets),
+            "datasets": datasets,
+            "alpha": alpha,
+            "alpha_grid": alphas,
+            "task_choices": choices,
+            "selection": ("per task: best validation top-1 over the mask choices" if choices is not None
+                          else "alpha maximizing val avg_normalized_top1 (first maximum)"),
+            "test": test,
+            "val": val_sections,
+            "val_best": val_best,
+            **extra,
+            "ft_accuracies_file": str(settings.ft_accuracies),
+            "merge_stats": {} if result is None else result.stats,
+            "runtime": {"device": runtime.describe(), **timing},
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "tsvmerge_version": __version__,
+            "config": dict(config or {}),
+        }
+        write_json(path, payload)
+        copies = []
+        if run_dir is not None and Path(run_dir).resolve() != path.parent.resolve():
+            copies.append(write_json(Path(run_dir) / path.name, payload))
+        tracker.summary({f"test/{k}": v for k, v in test.items()} | {"alpha": alpha})
+    finally:
+        tracker.finish()
+    table = format_table(test, datasets, val_best, choices,
+                         title=f"{spec.name} | {settings.method_full_name} | {len(datasets)} tasks | α={alpha:g}")
+    return MergeEvalOutcome(payload, path, copies, table)
+
+
+def _evaluate_all(evaluator: Evaluator, data: EvalData, datasets: list[str], split: str,
+                  label: str) -> dict[str, float]:
+    splits = data.val if split == "val" else data.test
+    return {splits[d].name: evaluator.top1(data.heads[d], splits[d], f"{splits[d].name} {label}") for d in datasets}
+
+
+def _shared_vector(settings, method, result, data, evaluator, weights, ft_acc, tracker):
+    """One τMT for every task: α grid on validation, test at the best α."""
+    datasets = settings.datasets
+    if result is None:  # zeroshot: θ0 itself
+        alphas, tau = [float(method.default_alpha)], {}
+    else:
+        alphas = alpha_grid(method, settings.n_eval_points, settings.specify_lambda)
+        tau = {k: v.to(evaluator.runtime.device) for k, v in (result.task_vector or {}).items()}
+    val_sections: dict[str, dict[str, float]] = {}
+    for step, alpha in enumerate(tqdm(alphas, desc="α sweep (val)", disable=not settings.progress, unit="α")):
+        weights.set(tau, alpha)
+        accs = _evaluate_all(evaluator, data, datasets, "val", f"α={alpha:g}")
+        section = metrics_section(accs, ft_acc)
+        val_sections[alpha_label(alpha)] = section
+        tracker.log({"alpha": alpha, **{f"val/{k}": v for k, v in section.items()}}, step=step)
+        log.info("val α=%g: avg top1 %.4f, avg normalized %.4f", alpha, section["avg_top1"],
+                 section["avg_normalized_top1"])
+    best = first_best([s["avg_normalized_top1"] for s in val_sections.values()])
+    alpha = alphas[best]
+    for split in data.val.values():
+        split.release()
+    weights.set(tau, alpha)
+    test = metrics_section(_evaluate_all(evaluator, data, datasets, "test", f"test α={alpha:g}"), ft_acc)
+    val_best = dict(val_sections[alpha_label(alpha)])
+    return alpha, alphas, val_sections, val_best, test, None
+
+
+def _task_specific(settings, method, result, tasks, data, evaluator, weights, ft_acc, tracker, mask_file, extra):
+    """Each task with its own vector (TSV-C, TALL / magnitude masks): per-task choice of λ on validation."""
+    datasets = settings.datasets
+    alpha = float(method.default_alpha)
+    labels = list(result.mask_labels) or [alpha]
+    keys = [alpha_label(x) if isinstance(x, float | int) else str(x) for x in labels]
+    per_choice: dict[str, dict[str, float]] = {key: {} for key in keys}
+    chosen: list[int] = []
+    bar = tqdm(list(enumerate(datasets)), desc="tasks (val)", disable=not settings.progress, unit="task")
+    for t, d in bar:
+        scores = []
+        for c, key in enumerate(keys):
+            weights.set(result.task_specific_vector(t, c), alpha)
+            acc = evaluator.top1(data.heads[d], data.val[d], f"{d}Val {key}")
+            per_choice[key][f"{d}Val"] = acc
+            scores.append(acc)
+        chosen.append(first_best(scores))
+        data.val[d].release()
+        tracker.log({f"val/{d}Val:{key}": per_choice[key][f"{d}Val"] for key in keys})
+    val_sections = {key: metrics_section(accs, ft_acc) for key, accs in per_choice.items()}
+    val_best = metrics_section({f"{d}Val": per_choice[keys[c]][f"{d}Val"] for d, c in zip(datasets, chosen)},
+                               ft_acc)
+    choices = {d: labels[c] for d, c in zip(datasets, chosen)}
+    if settings.method == "tall_mask":
+        if mask_file is None:
+            path = tall_mask_paths(settings.model_location, settings.model.name, len(datasets),
+                                   bool(settings.method_params.get("use_ties", False)),
+                                   str(settings.method_params.get("ties_agg", "sum")))[0]
+            save_tall_masks(path, tall_masks_for_choices(result, tasks, chosen))
+            log.info("saved the chosen TALL masks to %s", path)
+            extra["tall_mask_file"] = str(path)
+            extra["tall_mask_saved"] = True
+        else:
+            extra["tall_mask_file"] = str(mask_file)
+            extra["tall_mask_saved"] = False
+    test_accs = {}
+    for t, d in enumerate(tqdm(datasets, desc="tasks (test)", disable=not settings.progress, unit="task")):
+        weights.set(result.task_specific_vector(t, chosen[t]), alpha)
+        test_accs[d] = evaluator.top1(data.heads[d], data.test[d], f"{d} {keys[chosen[t]]}")
+    weights.reset()
+    test = metrics_section(test_accs, ft_acc)
+    return alpha, [alpha], val_sections, val_best, test, choices
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the configuration or missing / mismatched files: reported without a traceback."""
+    from ..checkpoints import (
+        CheckpointFormatError,
+        CheckpointMismatchError,
+        CheckpointNotFoundError,
+        UnsafeCheckpointError,
+    )
+    from ..config import ConfigError
+    from ..data import DatasetNotFoundError
+    from ..models.encoder import EncoderWeightsError
+    from ..models.factory import PretrainedWeightsError
+    from .metrics import AccuracyFileError
+    from .preflight import MissingInputsError
+
+    return (ConfigError, MissingInputsError, DatasetNotFoundError, CheckpointNotFoundError, AccuracyFileError,
+            EncoderWeightsError, CheckpointMismatchError, CheckpointFormatError, UnsafeCheckpointError,
+            PretrainedWeightsError)
+
+
+def run_from_hydra(cfg: Any) -> float:
+    """Body of ``main.py``: validate, run, print the table; user errors exit with status 2 and a message."""
+    import sys
+
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from ..config import settings_from_config
+
+    try:
+        settings = settings_from_config(cfg)
+        run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+        config = OmegaConf.to_container(cfg, resolve=True)
+        outcome = run_merge_evaluation(settings, run_dir, config)  # type: ignore[arg-type]
+    except user_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(outcome.table)
+    print(f"results: {outcome.path}" + "".join(f"\n  copy: {p}" for p in outcome.copies))
+    return float(outcome.payload["test"]["avg_normalized_top1"])
