@@ -15,8 +15,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from .checkpoints import open_state_dict, save_state_dict
 from .checkpoints.tall_mask_files import save_tall_masks
 from .merging import (
@@ -24,6 +22,7 @@ from .merging import (
     apply_task_vector,
     available_methods,
     build_method,
+    flat_task_masks,
     merge,
     method_parameters,
 )
@@ -158,7 +157,7 @@ def _write_outputs(args: argparse.Namespace, result, pretrained, tasks: TaskVect
     if args.save_masks:
         if result.masks is None:
             raise ValueError(f"--save-masks applies to tall_mask, not {result.method.name}")
-        save_tall_masks(args.save_masks, _flat_masks(result, tasks, choice))
+        save_tall_masks(args.save_masks, flat_task_masks(result, tasks, [choice] * tasks.num_tasks))
         written.append(args.save_masks)
     return written
 
@@ -170,20 +169,6 @@ def _mask_choice(result, tall_lambda: float | None) -> int:
     if tall_lambda not in labels:
         raise ValueError(f"--lambda {tall_lambda} is not among this method's mask choices {labels}")
     return labels.index(tall_lambda)
-
-
-def _flat_masks(result, tasks: TaskVectors, choice: int):
-    """Masks flattened over every θ0 entry in sorted key order: the published TALL-mask layout."""
-    offsets = tasks.flat_offsets()
-    total = max(end for _, end in offsets.values())
-    masks = {}
-    for task, name in enumerate(tasks.names):
-        flat = np.zeros(total, dtype=bool)
-        for key, mask in result.task_mask(task, choice):
-            start, end = offsets[key]
-            flat[start:end] = mask.flatten().numpy()
-        masks[name.removesuffix("Val")] = flat
-    return masks
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -33,7 +32,7 @@ from ..config import RunSettings
 from ..data import class_synonyms, get_dataset, templates
 from ..data.registry import default_num_workers
 from ..data.task_dataset import TaskDataset
-from ..merging import MergeResult, TaskVectors, build_method, merge
+from ..merging import TaskVectors, build_method, flat_task_masks, merge
 from ..models.encoder import build_image_encoder
 from ..models.factory import ModelSpec
 from ..models.preprocess import split_preprocess
@@ -45,7 +44,7 @@ from .preflight import Preflight, existing_mask_file
 from .results import RESULT_SCHEMA, format_table, result_path, result_suffix, write_json
 from .tracking import Tracker
 
-__all__ = ["EvalData", "MergeEvalOutcome", "build_eval_data", "run_merge_evaluation", "tall_masks_for_choices"]
+__all__ = ["EvalData", "MergeEvalOutcome", "build_eval_data", "run_merge_evaluation"]
 
 log = logging.getLogger(__name__)
 
@@ -101,20 +100,6 @@ def build_eval_data(spec: ModelSpec, datasets: list[str], preprocess: Any, *, da
         templates=templates, shared_weights=shared_weights, device=runtime.device, progress=progress,
     )
     return EvalData(val, test, {d: h.to(runtime.device).eval() for d, h in heads.items()})
-
-
-def tall_masks_for_choices(result: MergeResult, tasks: TaskVectors, choices: list[int]) -> dict[str, np.ndarray]:
-    """Each task's mask at its chosen λ, flat over every θ0 entry in sorted key order (published layout)."""
-    offsets = tasks.flat_offsets()
-    total = max((end for _, end in offsets.values()), default=0)
-    masks = {}
-    for task, (name, choice) in enumerate(zip(tasks.names, choices, strict=True)):
-        flat = np.zeros(total, dtype=bool)
-        for key, mask in result.task_mask(task, choice):
-            start, end = offsets[key]
-            flat[start:end] = mask.flatten().numpy()
-        masks[name.removesuffix("Val")] = flat
-    return masks
 
 
 def _preflight(settings: RunSettings) -> tuple[Path, list[Path], dict[str, float], Path | None]:
@@ -314,7 +299,7 @@ def _task_specific(settings, method, result, tasks, data, evaluator, weights, ft
             path = tall_mask_paths(settings.model_location, settings.model.name, len(datasets),
                                    bool(settings.method_params.get("use_ties", False)),
                                    str(settings.method_params.get("ties_agg", "sum")))[0]
-            save_tall_masks(path, tall_masks_for_choices(result, tasks, chosen))
+            save_tall_masks(path, flat_task_masks(result, tasks, chosen))
             log.info("saved the chosen TALL masks to %s", path)
             extra["tall_mask_file"] = str(path)
             extra["tall_mask_saved"] = True

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -67,6 +68,23 @@ class MergeResult:
 def default_workers(device: torch.device) -> int:
     """Entries merged concurrently: one per CPU core (at most 8) on the CPU, one on a GPU."""
     return 1 if device.type != "cpu" else max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+def flat_task_masks(result: MergeResult, tasks: TaskVectors, choices: Sequence[int]) -> dict[str, np.ndarray]:
+    """Each task's mask at its chosen mask choice, flat over every θ0 entry in sorted key order.
+
+    This is the published TALL-mask layout (SPEC §1), keyed by task name without the ``Val`` suffix.
+    """
+    offsets = tasks.flat_offsets()
+    total = max((end for _, end in offsets.values()), default=0)
+    masks = {}
+    for task, (name, choice) in enumerate(zip(tasks.names, choices, strict=True)):
+        flat = np.zeros(total, dtype=bool)
+        for key, mask in result.task_mask(task, choice):
+            start, end = offsets[key]
+            flat[start:end] = mask.flatten().numpy()
+        masks[name.removesuffix("Val")] = flat
+    return masks
 
 
 def merge(method: MergeMethod | str, tasks: TaskVectors, params: Mapping[str, Any] | None = None, *,
