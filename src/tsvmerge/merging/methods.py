@@ -62,7 +62,7 @@ class ZeroShot(MergeMethod):
     default_alpha: ClassVar[float] = 0.0
 
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
-        return EntryMerge(task_vector=torch.zeros(entry.shape, device=entry.device))
+        return EntryMerge()  # no τMT entry: every entry of the merged model is θ0's
 
 
 @dataclass

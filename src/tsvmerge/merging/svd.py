@@ -6,12 +6,15 @@ triplets ``(U [T, m, k], s [T, k], Vh [T, k, n])`` in descending order.
 
 * ``full``       -- one batched thin SVD (LAPACK / cuSOLVER): the textbook definition.
 * ``exact``      -- the default. Same result as ``full`` to float32 round-off, but computes only what
-                    TSV needs: the top eigenvectors of the Gram matrix give a ``2k``-dimensional
-                    subspace, a Rayleigh--Ritz step on the original matrix restores full precision,
+                    TSV needs: the top eigenvectors of the Gram matrix give a subspace slightly larger
+                    than k (k + max(16, k/4)), a Rayleigh--Ritz step on the original matrix restores full precision,
                     and every result is checked against its residual; matrices that fail the check
                     (very fast spectral decay, near-degenerate gaps) fall back to ``full``.
 * ``randomized`` -- randomized subspace iteration (Halko et al. 2011) with oversampling and power
-                    iterations. Much faster, approximate: see ``RANDOMIZED_TOLERANCE``.
+                    iterations. Approximate (see ``RANDOMIZED_TOLERANCE``); cheaper than ``exact`` when
+                    k is small next to min(m, n), i.e. with many tasks or large layers.
+
+When 2k ≥ n every mode computes the full SVD, which is then the cheapest exact route.
 """
 
 from __future__ import annotations
