@@ -214,3 +214,34 @@ def test_unknown_method_and_parameter_list_the_choices():
     with pytest.raises(ValueError, match="mean"):
         build_method("ties", {"agg": "median"})
     assert build_method("tall_mask", {"use_ties": "true"}).use_ties is True
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("name", ["TSVM", "TSVC", "ties", "tall_mask"])
+def test_engine_holds_one_layer_of_task_tensors_per_worker(ckpts, monkeypatch, name, workers):
+    """Streaming: whatever T, at most one entry's stack of task tensors per worker is alive at a time."""
+    import threading
+    import weakref
+
+    from tsvmerge.merging.task_vectors import TaskEntry
+
+    pre, fts = make_checkpoints(num_tasks=6, seed=3)
+    lock, state = threading.Lock(), {"alive": 0, "peak": 0}
+    real = TaskEntry.deltas
+
+    def released() -> None:
+        with lock:
+            state["alive"] -= 1
+
+    def tracking(self, tasks=None):
+        stack = real(self, tasks)
+        with lock:
+            state["alive"] += 1
+            state["peak"] = max(state["peak"], state["alive"])
+        weakref.finalize(stack, released)
+        return stack
+
+    monkeypatch.setattr(TaskEntry, "deltas", tracking)
+    merge(name, TaskVectors(pre, fts), progress=False, workers=workers)
+    assert state["alive"] == 0
+    assert 1 <= state["peak"] <= workers

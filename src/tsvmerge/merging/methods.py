@@ -346,7 +346,9 @@ class TSVC(MergeMethod):
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
         if not uses_svd(entry.key, entry.shape, include_text_projection=True):
             deltas = entry.deltas()
-            return EntryMerge(per_task=[deltas[t] if t in entry.changed else None for t in range(entry.num_tasks)])
+            # clones, so the output keeps each task's own row and not the whole stack alive
+            return EntryMerge(per_task=[deltas[t].clone() if t in entry.changed else None
+                                        for t in range(entry.num_tasks)])
         rows, cols = entry.shape
         k = components_per_task(rows, cols, entry.num_tasks)
         factors = tsv_compress_matrix(entry.deltas(entry.changed), k, self.svd)
