@@ -32,7 +32,7 @@ from ..config import RunSettings
 from ..data import class_synonyms, get_dataset, templates
 from ..data.registry import default_num_workers
 from ..data.task_dataset import TaskDataset
-from ..merging import TaskVectors, build_method, flat_task_masks, merge
+from ..merging import MergeMethod, TaskVectors, build_method, flat_task_masks, merge
 from ..models.encoder import build_image_encoder
 from ..models.factory import ModelSpec
 from ..models.preprocess import split_preprocess
@@ -44,7 +44,7 @@ from .preflight import Preflight, existing_mask_file
 from .results import RESULT_SCHEMA, format_table, result_path, result_suffix, write_json
 from .tracking import Tracker
 
-__all__ = ["EvalData", "MergeEvalOutcome", "build_eval_data", "run_merge_evaluation"]
+__all__ = ["EvalData", "MergeEvalOutcome", "build_eval_data", "run_merge_evaluation", "settings_result_path"]
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,16 @@ def _mask_file(settings: RunSettings, check: Preflight) -> Path | None:
     return found
 
 
+def settings_result_path(settings: RunSettings, method: MergeMethod | None = None) -> Path:
+    """The result file a run with ``settings`` writes (SPEC §4 naming; ``method`` defaults to the configured one)."""
+    if method is None:
+        method = build_method(settings.method, settings.method_params)
+    alpha_fixed = settings.specify_lambda if method.alpha_grid_max is not None else None
+    suffix = settings.result_suffix or result_suffix(settings.datasets, settings.benchmark_prefix, alpha_fixed)
+    return result_path(settings.results_dir, settings.save_subfolder, settings.model.name, len(settings.datasets),
+                       settings.method_full_name, suffix)
+
+
 def run_merge_evaluation(settings: RunSettings, run_dir: Path | None = None,
                          config: Mapping[str, Any] | None = None) -> MergeEvalOutcome:
     """The whole ``main.py`` run; returns the payload written to the result file."""
@@ -198,10 +208,7 @@ def run_merge_evaluation(settings: RunSettings, run_dir: Path | None = None,
         timing["evaluation_s"] = time.perf_counter() - tick
         timing["total_s"] = time.perf_counter() - started
 
-        alpha_fixed = settings.specify_lambda if method.alpha_grid_max is not None else None
-        suffix = settings.result_suffix or result_suffix(datasets, settings.benchmark_prefix, alpha_fixed)
-        path = result_path(settings.results_dir, settings.save_subfolder, spec.name, len(datasets),
-                           settings.method_full_name, suffix)
+        path = settings_result_path(settings, method)
         payload: dict[str, Any] = {
             "schema": RESULT_SCHEMA,
             "model": spec.name,

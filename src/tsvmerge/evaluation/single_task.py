@@ -26,7 +26,7 @@ from .merge_eval import build_eval_data
 from .preflight import Preflight
 from .results import write_json
 
-__all__ = ["FINETUNING_MODES", "SingleTaskOutcome", "accuracy_file", "run_single_task"]
+__all__ = ["FINETUNING_MODES", "SingleTaskOutcome", "accuracy_file", "record_accuracies", "run_single_task"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,13 @@ def _read_existing(path: Path) -> dict[str, float]:
         log.warning("%s is not valid JSON; it will be replaced", path)
         return {}
     return {k: float(v) for k, v in data.items() if isinstance(v, int | float)} if isinstance(data, dict) else {}
+
+
+def record_accuracies(path: str | Path, accuracies: dict[str, float]) -> Path:
+    """Merge ``accuracies`` (``{"MNIST": top1, "MNISTVal": top1}``) into the accuracy file at ``path``, keeping its
+    other entries; the file is rewritten atomically."""
+    path = Path(path)
+    return write_json(path, {**_read_existing(path), **accuracies})
 
 
 def run_single_task(spec: ModelSpec, mode: FinetuningMode, datasets: Sequence[str], *, model_location: Path,
@@ -96,7 +103,7 @@ def run_single_task(spec: ModelSpec, mode: FinetuningMode, datasets: Sequence[st
         test = evaluator.top1(data.heads[d], data.test[d], f"{d} test")
         val = evaluator.top1(data.heads[d], data.val[d], f"{d}Val")
         accuracies[d], accuracies[f"{d}Val"] = test, val
-        write_json(path, {**_read_existing(path), d: test, f"{d}Val": val})
+        record_accuracies(path, {d: test, f"{d}Val": val})
         rows.append(f"{d:16s} {100 * test:8.2f} {100 * val:9.2f}")
         log.info("%s: test %.4f, val %.4f", d, test, val)
     header = f"{'dataset':16s} {'top1':>8s} {'val top1':>9s}"

@@ -1,0 +1,422 @@
+"""``finetune.py``'s recipe: fine-tune the image encoder on each task in turn, on one or many processes.
+
+For every task (``<Dataset>Val`` training part), on every rank:
+
+1. rank 0 decides whether the task is done (``nonlinear_finetuned.pt`` exists: skipped) and tells the others;
+2. rank 0 builds the encoder from an existing zero-shot checkpoint (else ``model.pretrained``), loads or builds the
+   zero-shot head and writes ``nonlinear_zeroshot.pt``; the other ranks build the same architecture and receive
+   the head (DDP copies rank 0's weights to them), so only rank 0 needs the checkpoint folder;
+3. all ranks train (:func:`tsvmerge.training.loop.train`);
+4. rank 0 writes ``nonlinear_finetuned.pt`` (atomically), the ranks evaluate their shards of the test and
+   validation splits, rank 0 prints the top-1 and merges it into the single-task accuracy file and writes a run
+   record ``<results_dir>/finetuning/<model>/<Dataset>Val.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import gc
+import hashlib
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..checkpoints.paths import finetuned_checkpoint_path, single_task_accuracy_path, zeroshot_checkpoint_path
+from ..checkpoints.state_dict import open_state_dict
+from ..config import ConfigError
+from ..data import class_synonyms, get_dataset, templates
+from ..data.registry import default_num_workers
+from ..evaluation.preflight import Preflight
+from ..evaluation.results import json_safe, write_json
+from ..evaluation.single_task import record_accuracies
+from ..evaluation.tracking import Tracker, WandbSettings
+from ..models.encoder import ImageEncoder, build_image_encoder
+from ..models.factory import ModelSpec, create_clip
+from ..models.heads import ClassificationHead
+from ..models.zeroshot_heads import load_or_build_heads
+from .checkpointing import (
+    initial_weights_file,
+    intermediate_checkpoint_path,
+    remove_stale_temporary_files,
+    save_encoder,
+    task_directory,
+)
+from .distributed import (
+    DistContext,
+    Launch,
+    detect_launch,
+    install_termination_handler,
+    launch_local,
+    limit_cpu_threads,
+    process_group,
+    select_device,
+)
+from .evaluation import evaluate_task
+from .loop import Classifier, TrainSettings, train, trainable_parameters
+from .protocol import Hyperparameters, default_epochs
+
+__all__ = ["FinetuneConfig", "TaskResult", "preflight", "run_finetuning", "run_worker", "train_preprocess",
+           "weights_fingerprint"]
+
+log = logging.getLogger(__name__)
+
+RUN_RECORD_SCHEMA = "tsvmerge.finetune/1"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything a fine-tuning run needs (picklable: it is sent to every spawned rank)."""
+
+    model: ModelSpec
+    tasks: tuple[str, ...]
+    hyperparameters: Hyperparameters
+    model_location: Path = Path("models/checkpoints")
+    data_location: Path = Path("data")
+    results_dir: Path = Path("results")
+    epochs: int | None = None  # None: the published epochs of each dataset
+    seed: int = 0
+    max_steps: int | None = None
+    checkpoint_every: int = 0
+    device: str = "auto"
+    precision: str = "bf16"
+    num_workers: int | None = None
+    augment: bool = True
+    evaluate: bool = True
+    eval_batch_size: int = 128
+    log_every: int = 10
+    progress: bool = True
+    world_size: int = 1
+    port: int | None = None
+    timeout_minutes: float = 30.0
+    wandb: WandbSettings = field(default_factory=WandbSettings)
+
+    def epochs_for(self, dataset: str) -> int:
+        return self.epochs if self.epochs is not None else default_epochs(dataset, self.model.name)
+
+    @property
+    def timeout(self) -> datetime.timedelta:
+        return datetime.timedelta(minutes=self.timeout_minutes)
+
+    def validate(self, world_size: int | None = None) -> None:
+        problems = []
+        try:
+            self.hyperparameters.validate(world_size or self.world_size)
+        except ValueError as exc:
+            problems.append(str(exc))
+        if not self.tasks:
+            problems.append("no task to fine-tune")
+        for d in self.tasks:
+            try:
+                self.epochs_for(d)
+            except KeyError as exc:
+                problems.append(str(exc.args[0]))
+        if self.epochs is not None and self.epochs < 1:
+            problems.append(f"--epochs must be >= 1, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.checkpoint_every < 0:
+            problems.append(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        if self.world_size < 1:
+            problems.append(f"--world-size must be >= 1, got {self.world_size}")
+        try:
+            select_device(self.device, 0, world_size or self.world_size)
+        except (RuntimeError, ValueError) as exc:
+            problems.append(str(exc))
+        if self.precision not in ("bf16", "fp16", "fp32"):
+            problems.append(f"--precision must be bf16, fp16 or fp32, got {self.precision!r}")
+        if problems:
+            raise ConfigError("invalid fine-tuning settings:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass
+class TaskResult:
+    dataset: str
+    skipped: bool
+    checkpoint: Path
+    accuracies: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------- preparation
+
+
+def preflight(cfg: FinetuneConfig, model_files: bool = True) -> list[str]:
+    """The tasks still to fine-tune; raise MissingInputsError listing every missing input of those tasks.
+
+    ``model_files``: also check what only rank 0 reads (zero-shot checkpoint or pre-trained weights, heads).
+    """
+    spec = cfg.model
+    pending = [d for d in cfg.tasks if not finetuned_checkpoint_path(cfg.model_location, spec.name, d).is_file()]
+    if not pending:
+        return pending
+    check = Preflight(f"fine-tuning {spec.name} on {', '.join(pending)}")
+    if model_files:
+        if initial_weights_file(cfg.model_location, spec.name, pending[0]) is None:
+            where = zeroshot_checkpoint_path(cfg.model_location, spec.name)
+            if not spec.pretrained:
+                check.other.append(f"no zero-shot checkpoint ({where}) and no pre-trained weights (model.pretrained "
+                                   "is null): nothing to start fine-tuning from")
+            elif spec.pretrained_is_file and not Path(spec.pretrained).is_file():
+                check.other.append(f"no zero-shot checkpoint ({where}) and model.pretrained={spec.pretrained!r} "
+                                   "does not exist: nothing to start fine-tuning from")
+        check.heads(spec, cfg.model_location, pending)
+    check.data(cfg.data_location, pending)
+    check.raise_if_missing()
+    return pending
+
+
+def train_preprocess(clip: torch.nn.Module, eval_preprocess: Callable[[Any], Any],
+                     augment: bool = True) -> Callable[[Any], Any]:
+    """The training transform: open_clip's (``RandomResizedCrop(scale=(0.9, 1))``, as the published
+    ``model.train_preprocess``), a custom model's ``train_preprocess``, or the evaluation one (``augment=False``)."""
+    if not augment:
+        return eval_preprocess
+    own = getattr(clip, "train_preprocess", None)
+    if own is not None:
+        return own
+    cfg = getattr(getattr(clip, "visual", None), "preprocess_cfg", None)
+    if not cfg:
+        return eval_preprocess
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    return image_transform_v2(PreprocessCfg(**cfg), is_train=True)
+
+
+def _synonyms_for(task_classnames: Callable[[], list[str]]) -> Callable[[str], list[list[str]]]:
+    def synonyms(name: str) -> list[list[str]]:
+        try:
+            return class_synonyms(name)
+        except LookupError:  # class names that come from the dataset's files
+            return [[c] for c in task_classnames()]
+
+    return synonyms
+
+
+def _prepare_main(cfg: FinetuneConfig, ctx: DistContext, dataset: str,
+                  classnames: Callable[[], list[str]]) -> tuple[ImageEncoder, Callable[[Any], Any], ClassificationHead]:
+    """Rank 0: encoder with the zero-shot weights, the head (loaded or built and saved), ``nonlinear_zeroshot.pt``."""
+    spec = cfg.model
+    source = initial_weights_file(cfg.model_location, spec.name, dataset)
+    if source is not None:
+        encoder, preprocess = build_image_encoder(spec, open_state_dict(source), source)
+        log.info("%s: starting from %s", dataset, source)
+    else:
+        encoder, preprocess = build_image_encoder(spec, None)
+        log.info("%s: starting from model.pretrained=%s", dataset, spec.pretrained)
+    weights = encoder.state_dict()
+    head = load_or_build_heads(spec, cfg.model_location, [dataset], synonyms=_synonyms_for(classnames),
+                               templates=templates, shared_weights=weights, device=ctx.device,
+                               progress=cfg.progress)[dataset]
+    folder = task_directory(cfg.model_location, spec.name, dataset)
+    remove_stale_temporary_files(folder)
+    zeroshot = zeroshot_checkpoint_path(cfg.model_location, spec.name, dataset)
+    if not zeroshot.is_file():
+        save_encoder(encoder, zeroshot)
+        log.info("%s: wrote %s", dataset, zeroshot)
+    return encoder, preprocess, head
+
+
+def _prepare_other(cfg: FinetuneConfig) -> tuple[ImageEncoder, Callable[[Any], Any]]:
+    """Other ranks: the architecture only (random weights, no download); DDP copies rank 0's weights."""
+    clip, preprocess = create_clip(cfg.model)
+    return ImageEncoder(clip).eval(), preprocess
+
+
+# ------------------------------------------------------------------------------------------------- one task
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 of the module's state dict (keys in sorted order, raw bytes): equal on every rank iff the DDP
+    replicas are bitwise identical."""
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def finetune_task(cfg: FinetuneConfig, ctx: DistContext, dataset: str, tracker: Tracker) -> TaskResult:
+    spec = cfg.model
+    target = finetuned_checkpoint_path(cfg.model_location, spec.name, dataset)
+    done = ctx.broadcast_object(target.is_file() if ctx.is_main else None)
+    if done:
+        if ctx.is_main:
+            log.info("%s: skipped, %s exists", dataset, target)
+        return TaskResult(dataset, True, target)
+
+    started = time.perf_counter()
+    hp = cfg.hyperparameters
+    epochs = cfg.epochs_for(dataset)
+    workers = default_num_workers() if cfg.num_workers is None else cfg.num_workers
+    if ctx.is_main:
+        # Class names come from the dataset's files for some datasets (only needed to build a missing head).
+        def classnames() -> list[str]:
+            return get_dataset(f"{dataset}Val", None, cfg.data_location, num_workers=0).classnames
+
+        encoder, preprocess, head = _prepare_main(cfg, ctx, dataset, classnames)
+        payload: Any = (bool(head.normalize), head.weight.detach().cpu(), head.bias.detach().cpu())
+    else:
+        encoder, preprocess = _prepare_other(cfg)
+        payload = None
+    normalize, weight, bias = ctx.broadcast_object(payload)  # also: rank 0 is done preparing
+    head = ClassificationHead(normalize, weight, bias).requires_grad_(False)
+
+    torch.manual_seed(cfg.seed + ctx.rank)  # data augmentation differs across ranks, reproducibly
+    train_task = get_dataset(f"{dataset}Val", train_preprocess(encoder.model, preprocess, cfg.augment),
+                             cfg.data_location, batch_size=hp.batch_size, num_workers=workers)
+    params, find_unused = trainable_parameters(encoder)
+    settings = TrainSettings(hp, epochs, seed=cfg.seed, max_steps=cfg.max_steps, precision=cfg.precision,
+                             num_workers=workers, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                             progress=cfg.progress, description=f"{dataset}Val")
+    if ctx.is_main:
+        log.info("%s: %d epochs, global batch %d x %d accumulation on %d process(es) (%s), lr %g, wd %g, "
+                 "warm-up %d, label smoothing %g", dataset, epochs, hp.batch_size, hp.num_grad_accumulation,
+                 ctx.world_size, ctx.device, hp.lr, hp.weight_decay, hp.warmup_steps, hp.label_smoothing)
+
+    def save_checkpoint(step: int) -> None:
+        path = save_encoder(encoder, intermediate_checkpoint_path(cfg.model_location, spec.name, dataset, step))
+        log.info("%s: step %d, wrote %s", dataset, step, path)
+
+    def log_metrics(metrics: dict[str, float], step: int) -> None:
+        tracker.log({f"{dataset}/train/{k}": v for k, v in metrics.items()} | {f"{dataset}/train/step": step})
+        if not cfg.progress:
+            log.info("%s: step %d loss %.4f acc %.3f lr %.2e %.0f img/s", dataset, step, metrics["loss"],
+                     metrics["accuracy"], metrics["lr"], metrics["images_per_s"])
+
+    outcome = train(ctx, Classifier(encoder, head), params, train_task.train_dataset, settings,
+                    find_unused_parameters=find_unused, save_checkpoint=save_checkpoint, log_metrics=log_metrics)
+    if ctx.is_main:
+        save_encoder(encoder, target)
+        log.info("%s: %d steps in %.0f s, wrote %s", dataset, outcome.steps, outcome.seconds, target)
+
+    accuracies: dict[str, float] = {}
+    if cfg.evaluate:
+        accuracies = evaluate_task(ctx, encoder, head, dataset, preprocess, cfg.data_location,
+                                   batch_size=cfg.eval_batch_size, num_workers=workers, precision=cfg.precision,
+                                   progress=cfg.progress)
+    ranks = ctx.all_gather_object({"rank": ctx.rank, "host": socket.gethostname(), "pid": os.getpid(),
+                                   "device": str(ctx.device), "samples": outcome.samples,
+                                   "weights_sha256": weights_fingerprint(encoder)})
+    seconds = time.perf_counter() - started
+    if ctx.is_main:
+        if accuracies:
+            accuracy_path = record_accuracies(single_task_accuracy_path(cfg.results_dir, spec.name), accuracies)
+            print(f"{dataset}: fine-tuned top-1 {100 * accuracies[dataset]:.2f} (test), "
+                  f"{100 * accuracies[f'{dataset}Val']:.2f} (val) -> {accuracy_path}", flush=True)
+            tracker.summary({f"{dataset}/test/top1": accuracies[dataset],
+                             f"{dataset}Val/top1": accuracies[f"{dataset}Val"]})
+        _write_record(cfg, ctx, dataset, outcome, accuracies, ranks, seconds, target)
+    return TaskResult(dataset, False, target, accuracies, outcome.steps, seconds)
+
+
+def _write_record(cfg: FinetuneConfig, ctx: DistContext, dataset: str, outcome: Any, accuracies: dict[str, float],
+                  ranks: list[dict[str, Any]], seconds: float, checkpoint: Path) -> Path:
+    record = {
+        "schema": RUN_RECORD_SCHEMA,
+        "model": cfg.model.name,
+        "dataset": f"{dataset}Val",
+        "checkpoint": checkpoint,
+        "hyperparameters": dataclasses.asdict(cfg.hyperparameters),
+        "epochs": cfg.epochs_for(dataset),
+        "seed": cfg.seed,
+        "max_steps": cfg.max_steps,
+        "augment": cfg.augment,
+        "precision": cfg.precision if ctx.device.type == "cuda" else "fp32",
+        "world_size": ctx.world_size,
+        "backend": ctx.backend,
+        "ranks": ranks,
+        "steps": outcome.steps,
+        "planned_steps": outcome.planned_steps,
+        "final_train_loss": outcome.loss,
+        "final_train_accuracy": outcome.accuracy,
+        "history": outcome.history,
+        "accuracies": accuracies,
+        "seconds": seconds,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tsvmerge_version": __version__,
+    }
+    return write_json(Path(cfg.results_dir) / "finetuning" / cfg.model.name / f"{dataset}Val.json", json_safe(record))
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+
+def _configure_logging(ctx: DistContext, launch: Launch) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        fmt = f"[%(asctime)s][rank {ctx.rank}][%(name)s][%(levelname)s] - %(message)s"
+        logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stderr)
+    if not ctx.is_main:
+        root.setLevel(logging.WARNING)  # only rank 0 logs progress
+
+
+def run_worker(launch: Launch, cfg: FinetuneConfig) -> list[TaskResult]:
+    """One rank of the run (or the whole run with ``launch.kind == 'single'``): every task in turn."""
+    if launch.kind != "single":
+        install_termination_handler()
+    limit_cpu_threads(launch.local_world_size)
+    with process_group(launch, cfg.device, cfg.timeout) as ctx:
+        _configure_logging(ctx, launch)
+        tracker = Tracker(cfg.wandb if ctx.is_main else WandbSettings(), json_safe(dataclasses.asdict(cfg)),
+                          f"finetune_{cfg.model.name}")
+        results = []
+        try:
+            for dataset in cfg.tasks:
+                results.append(finetune_task(cfg, ctx, dataset, tracker))
+                if ctx.device.type == "cuda":  # the task's model, optimizer state and DDP buckets are gone
+                    gc.collect()
+                    torch.cuda.empty_cache()
+        finally:
+            tracker.finish()
+        if ctx.is_main:
+            print(_table(cfg, results), flush=True)
+    return results
+
+
+def _table(cfg: FinetuneConfig, results: Sequence[TaskResult]) -> str:
+    header = f"{'dataset':16s} {'top1':>8s} {'val top1':>9s} {'steps':>7s} {'time':>8s}"
+    lines = [f"{cfg.model.name} | fine-tuning | {cfg.model_location}", header, "-" * len(header)]
+    for r in results:
+        if r.skipped:
+            lines.append(f"{r.dataset:16s} {'skipped (fine-tuned checkpoint exists)':>35s}")
+            continue
+        test = f"{100 * r.accuracies[r.dataset]:8.2f}" if r.accuracies else f"{'-':>8s}"
+        val = f"{100 * r.accuracies[f'{r.dataset}Val']:9.2f}" if r.accuracies else f"{'-':>9s}"
+        lines.append(f"{r.dataset:16s} {test} {val} {r.steps:7d} {r.seconds:7.0f}s")
+    return "\n".join(lines)
+
+
+def run_finetuning(cfg: FinetuneConfig, environ: dict[str, str] | None = None) -> list[TaskResult] | None:
+    """Run ``cfg`` here (one process), as this rank of a torchrun launch, or in ``cfg.world_size`` spawned processes.
+
+    Returns the results of the tasks on rank 0 of an in-process run, None when the ranks ran in spawned processes
+    (they print the results).
+    """
+    launch = detect_launch(environ)
+    if launch is not None:
+        if cfg.world_size not in (1, launch.world_size):
+            log.warning("launched by torchrun with WORLD_SIZE=%d: --world-size=%d is ignored", launch.world_size,
+                        cfg.world_size)
+        cfg.validate(launch.world_size)
+        preflight(cfg, model_files=launch.rank == 0)
+        return run_worker(launch, cfg)
+    cfg.validate()
+    if cfg.world_size > 1 and select_device(cfg.device).type == "cuda" and cfg.world_size > torch.cuda.device_count():
+        raise ConfigError(f"--world-size={cfg.world_size} processes need as many GPUs, {torch.cuda.device_count()} "
+                          "are visible (or use --device=cpu)")
+    pending = preflight(cfg)
+    if cfg.world_size == 1 or not pending:  # nothing to train: no need for processes
+        return run_worker(Launch(), cfg)
+    launch_local(run_worker, (cfg,), cfg.world_size, port=cfg.port, timeout=cfg.timeout)
+    return None

@@ -1,0 +1,133 @@
+"""The published protocol's settings, the learning-rate schedule, the command line and the launch helpers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.evaluation.world import MODEL, World
+from tests.training.conftest import finetune_args, run_finetune
+from tsvmerge.data import BENCHMARK_DATASETS
+from tsvmerge.training import protocol
+from tsvmerge.training.distributed import (
+    FAIL_RANK_ENV,
+    FAIL_STEP_ENV,
+    InjectedFailure,
+    detect_launch,
+    maybe_inject_failure,
+)
+from tsvmerge.training.loop import cosine_with_warmup, lr_factor, steps_per_epoch
+
+
+def test_published_epochs_and_hyperparameters() -> None:
+    assert set(protocol.EPOCHS) == set(BENCHMARK_DATASETS)
+    assert protocol.EPOCHS["Cars"] == 35 and protocol.EPOCHS["Flowers102"] == 147 and protocol.EPOCHS["PCAM"] == 1
+    assert protocol.default_epochs("MNISTVal") == protocol.default_epochs("MNIST") == 5
+    hp = protocol.default_hyperparameters("ViT-B-32")
+    assert (hp.lr, hp.weight_decay, hp.batch_size, hp.num_grad_accumulation, hp.warmup_steps, hp.max_grad_norm,
+            hp.label_smoothing) == (1e-5, 0.1, 128, 1, 500, 1.0, 0.0)
+    large = protocol.default_hyperparameters("ViT-L-14")
+    assert (large.batch_size, large.num_grad_accumulation, large.effective_batch_size) == (64, 2, 128)
+    assert protocol.default_hyperparameters("ViT-L-14", lr=3e-5, batch_size=None).lr == 3e-5
+    assert protocol.default_tasks("ViT-B-32") == list(BENCHMARK_DATASETS)
+    with pytest.raises(KeyError, match="--epochs"):
+        protocol.default_epochs("Unknown")
+
+
+def test_a_registered_model_overrides_tasks_and_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "_TASK_LISTS", {})
+    monkeypatch.setattr(protocol, "_EPOCHS_BY_MODEL", {})
+    protocol.register_default_tasks("demo")(lambda: ["TaskA", "TaskB"])
+    protocol.register_epochs("demo", {"TaskA": 3})
+    assert protocol.default_tasks("demo") == ["TaskA", "TaskB"]
+    assert protocol.default_epochs("TaskAVal", "demo") == 3 and protocol.default_epochs("MNIST", "demo") == 5
+
+
+def _published_cosine_lr(base_lr: float, warmup: int, steps: int, step: int) -> float:
+    """src/utils/utils.py cosine_lr of the published code."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    e, es = step - warmup, steps - warmup
+    return 0.5 * (1 + math.cos(math.pi * e / es)) * base_lr
+
+
+def test_cosine_schedule_matches_the_published_one() -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=1e-5)
+    scheduler = cosine_with_warmup(optimizer, warmup_steps=5, total_steps=20)
+    used = []
+    for _ in range(20):
+        used.append(optimizer.param_groups[0]["lr"])  # the lr of this optimizer step
+        optimizer.step()
+        scheduler.step()
+    assert used == pytest.approx([_published_cosine_lr(1e-5, 5, 20, k) for k in range(20)], rel=1e-12)
+    assert lr_factor(0, 0, 10) == 1.0 and lr_factor(3, 5, 5) == pytest.approx(0.8)  # no warm-up; total <= warm-up
+    assert steps_per_epoch(9, 3) == 3 and steps_per_epoch(10, 3) == 4
+
+
+def test_launch_environment_and_failure_hook() -> None:
+    assert detect_launch({}) is None
+    launch = detect_launch({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4",
+                            "MASTER_ADDR": "node0", "MASTER_PORT": "29500"})
+    assert launch is not None and (launch.kind, launch.rank, launch.world_size, launch.local_rank) == ("env", 3, 8, 1)
+    with pytest.raises(ValueError, match="RANK"):
+        detect_launch({"RANK": "2", "WORLD_SIZE": "2"})
+    maybe_inject_failure(0, 1, {FAIL_RANK_ENV: "1"})
+    maybe_inject_failure(1, 1, {FAIL_RANK_ENV: "1", FAIL_STEP_ENV: "2"})
+    with pytest.raises(InjectedFailure, match="rank 1 at step 2"):
+        maybe_inject_failure(1, 2, {FAIL_RANK_ENV: "1", FAIL_STEP_ENV: "2"})
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--world-size", "4"], "multiple of the number of processes"),
+    (["--train-dataset", "NotADataset"], "Unknown dataset"),
+    (["--precision", "fp32", "--device", "tpu"], "cpu or cuda"),
+])
+def test_invalid_settings_are_rejected_before_any_work(ft_world: World, tmp_path: Path, extra: list[str],
+                                                       message: str, capsys: pytest.CaptureFixture) -> None:
+    assert run_finetune([*finetune_args(ft_world, tmp_path), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_missing_inputs_are_listed(ft_world: World, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = finetune_args(ft_world, tmp_path)
+    args[args.index("--data-location") + 1] = str(tmp_path / "no_data")
+    args += ["--pretrained", str(tmp_path / "missing.pt")]
+    assert run_finetune(args) == 2
+    err = capsys.readouterr().err
+    assert "Cannot start fine-tuning" in err and "MNIST" in err and "EuroSAT" in err and "missing.pt" in err
+
+
+def test_train_dataset_flag_spellings() -> None:
+    import runpy
+
+    from tests.training.conftest import FINETUNE
+
+    module = runpy.run_path(str(FINETUNE), run_name="finetune")
+    args = module["build_parser"]().parse_args(["--train-dataset", "MNISTVal,Cars", "--train-dataset", "DTD",
+                                                "--ls", "0.1", "--warmup-length", "7", "--model", MODEL])
+    assert module["_task_names"](args.train_dataset) == ["MNIST", "Cars", "DTD"]
+    assert (args.label_smoothing, args.warmup_steps) == (0.1, 7)
+
+
+def test_the_first_rank_failing_on_its_own_is_reported(tmp_path: Path) -> None:
+    import json
+
+    from tsvmerge.training.distributed import _root_cause
+
+    def write(rank: int, kind: str, time: float, communication: bool, terminated: bool = False) -> None:
+        (tmp_path / f"rank{rank}.json").write_text(json.dumps({
+            "rank": rank, "time": time, "type": kind, "message": f"{kind} on {rank}", "traceback": f"tb {rank}",
+            "communication": communication, "terminated": terminated}))
+
+    write(0, "RuntimeError", 1.0, communication=True)  # lost its peer, noticed first
+    write(1, "ValueError", 2.0, communication=False)
+    write(2, "_Terminated", 3.0, communication=False, terminated=True)
+    error = _root_cause(tmp_path, RuntimeError("fallback"))
+    assert error.rank == 1 and str(error).startswith("rank 1 failed: ValueError: ValueError on 1")
+    assert "rank 0 (RuntimeError) failed as a consequence" in str(error) and "tb 1" in str(error)
+    assert "rank 2" not in str(error).split("traceback")[0]
