@@ -1,0 +1,479 @@
+"""The analyses as commands: ``python analyze.py analysis=<name> ...`` (``config/analysis/<name>.yaml``).
+
+Each command validates its parameters (a dataclass per analysis: unknown keys are rejected with the valid ones),
+computes its numbers, writes them (JSON / CSV / Markdown) and its figures (PNG with the numbers beside them) to
+``<results_dir>/analysis/<model>/<analysis>/`` (or ``analysis.out_dir``), and returns the files written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import ConfigError
+from ..evaluation.results import write_json
+from .common import EvalSession, Workspace, open_task_vectors, tasks_tag
+
+__all__ = ["ANALYSES", "check_analysis_overrides", "parse_params", "run_analysis", "run_from_hydra"]
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------- parameters
+
+@dataclass
+class StiParams:
+    full_rank: bool = True
+    heatmap: bool = True
+    layer: str | None = None
+    heatmap_rank: str = "low"
+    yscale: str = "log"
+    chunk_size: int = 2048
+    out_dir: str | None = None
+
+
+@dataclass
+class StiAccuracyParams:
+    task_sets: Any = field(default_factory=lambda: [8, 14, 20])
+    methods: dict[str, str] = field(default_factory=lambda: {"sum": "full_rank_before", "TSVM": "low_rank_after"})
+    run_missing: bool = False
+    chunk_size: int = 2048
+    out_dir: str | None = None
+
+
+@dataclass
+class SpectraParams:
+    layers: list[str] | None = None
+    max_panels: int = 6
+    out_dir: str | None = None
+
+
+@dataclass
+class ProcrustesParams:
+    log_scale: bool = True
+    out_dir: str | None = None
+
+
+@dataclass
+class TruncationParams:
+    fractions: list[float] = field(default_factory=lambda: [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0])
+    split: str = "test"
+    include_zeroshot: bool = True
+    out_dir: str | None = None
+
+
+@dataclass
+class AblationParams:
+    methods: list[str] = field(default_factory=lambda: ["sum", "TSVM_lowrank_only", "TSVM_interference_only",
+                                                         "TSVM"])
+    recompute: bool = False
+    out_dir: str | None = None
+
+
+@dataclass
+class AlphaHeatmapParams:
+    methods: list[str] = field(default_factory=lambda: ["TSVM", "sum"])
+    subsets: Any = field(default_factory=lambda: [4, 8, 14, 20])
+    alphas: list[float] | None = None
+    split: str = "test"
+    out_dir: str | None = None
+
+
+@dataclass
+class CompressionParams:
+    evaluate: bool = True
+    recompute: bool = False
+    svd: str = "exact"
+    out_dir: str | None = None
+
+
+def _choice(value: Any, key: str, valid: Sequence[str]) -> None:
+    if value not in valid:
+        raise ConfigError(f"analysis.{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+def parse_params(name: str, section: Mapping[str, Any]) -> Any:
+    """The analysis' parameter dataclass from its config section (``name`` plus the dataclass' fields)."""
+    if name not in ANALYSES:
+        raise ConfigError(f"unknown analysis {name!r}; available: {', '.join(ANALYSES)}")
+    cls = ANALYSES[name][0]
+    valid = [f.name for f in dataclasses.fields(cls)]
+    values = {k: v for k, v in section.items() if k != "name"}
+    unknown = [k for k in values if k not in valid]
+    if unknown:
+        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for analysis={name}; "
+                          f"valid keys: {', '.join(valid)}")
+    defaults = cls()
+    for key, value in values.items():
+        default = getattr(defaults, key)
+        expected = (bool,) if isinstance(default, bool) else (int,) if isinstance(default, int) else \
+            (list,) if isinstance(default, list) else (dict,) if isinstance(default, dict) else None
+        if value is not None and expected is not None and (
+                not isinstance(value, expected) or (expected != (bool,) and isinstance(value, bool))):
+            raise ConfigError(f"analysis.{key} must be a {expected[0].__name__}, got {value!r}")
+    params = cls(**values)
+    if isinstance(params, StiParams):
+        _choice(params.heatmap_rank, "heatmap_rank", ("low", "full"))
+        _choice(params.yscale, "yscale", ("log", "linear"))
+    if isinstance(params, TruncationParams | AlphaHeatmapParams):
+        _choice(params.split, "split", ("test", "val"))
+    if isinstance(params, AlphaHeatmapParams):
+        from .alpha_heatmap import resolve_subsets
+
+        resolve_subsets(params.subsets)
+    if isinstance(params, StiAccuracyParams):
+        from .interference import VARIANTS
+
+        for method, variant in params.methods.items():
+            _choice(variant, f"methods.{method}", VARIANTS)
+        from .alpha_heatmap import resolve_subsets
+
+        resolve_subsets(params.task_sets)
+    if isinstance(params, TruncationParams):
+        bad = [f for f in params.fractions if not 0 < float(f) <= 1]
+        if bad or not params.fractions:
+            raise ConfigError(f"analysis.fractions must be non-empty, each in (0, 1]; got {params.fractions}")
+    return params
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def _title(ws: Workspace, datasets: Sequence[str] | None = None) -> str:
+    datasets = ws.datasets if datasets is None else datasets
+    tag = tasks_tag(datasets)
+    return f"{ws.model_name}, {tag.replace('tasks', ' tasks') if tag.endswith('tasks') else tag}"
+
+
+def _progress(ws: Workspace) -> bool:
+    return ws.settings.progress
+
+
+# ------------------------------------------------------------------------------------------------------- runners
+
+def run_sti(ws: Workspace, p: StiParams) -> list[Path]:
+    from ..plotting.interference import plot_gram_heatmap, plot_sti_layers
+    from ..plotting.style import write_csv
+    from .interference import VARIANTS, gram_data, interference_table, select_layer
+
+    out, tag = ws.output_dir("sti", p.out_dir), tasks_tag(ws.datasets)
+    tasks = open_task_vectors(ws.settings)
+    table = interference_table(tasks, full_rank=p.full_rank, chunk_size=p.chunk_size, progress=_progress(ws))
+    files = [plot_sti_layers(table, out / f"sti_layers_{tag}.png", title=_title(ws), yscale=p.yscale)]
+    rows = [{"layer": key, **table["entries"][key], "shape": "x".join(map(str, table["entries"][key]["shape"])),
+             **values} for key, values in table["per_entry"].items()]
+    files.append(write_csv(out / f"sti_per_entry_{tag}.csv", rows))
+    print(f"total STI ({_title(ws)}): " + ", ".join(f"{v}={table['total'][v]:.4g}" for v in VARIANTS
+                                                  if v in table["total"]))
+    if p.heatmap and table["per_entry"]:
+        key = select_layer(list(table["per_entry"]), p.layer)
+        gram = gram_data(tasks, key, rank=p.heatmap_rank, chunk_size=p.chunk_size)
+        png = plot_gram_heatmap(gram, out / f"gram_{p.heatmap_rank}_{tag}_{_slug(key.removeprefix('model.'))}.png",
+                                title=f"{_title(ws)}: {key.removeprefix('model.')}")
+        files += [png, png.with_suffix(".npz")]
+    return files
+
+
+def run_sti_accuracy(ws: Workspace, p: StiAccuracyParams) -> list[Path]:
+    import json
+
+    from ..evaluation.merge_eval import settings_result_path
+    from ..plotting.interference import plot_sti_vs_accuracy
+    from .alpha_heatmap import resolve_subsets
+    from .interference import interference_table, sti_accuracy_points
+
+    out = ws.output_dir("sti_accuracy", p.out_dir)
+    full_rank = any(v.startswith("full_rank") for v in p.methods.values())
+    task_sets = resolve_subsets(p.task_sets)
+    totals, accuracies = {}, {}
+    for label, datasets in task_sets:
+        tasks = open_task_vectors(ws.settings, datasets)
+        totals[label] = interference_table(tasks, full_rank=full_rank, chunk_size=p.chunk_size,
+                                           progress=_progress(ws))["total"]
+        for method in p.methods:
+            path = settings_result_path(ws.run_settings(method, datasets))
+            if path.is_file():
+                accuracies[(method, label)] = {**json.loads(path.read_text()), "_path": str(path)}
+            elif p.run_missing:
+                payload, path, _ = ws.merge_result(method, datasets)
+                accuracies[(method, label)] = {**payload, "_path": str(path)}
+            else:
+                log.warning("no result file %s: the point (%s, %s) has no accuracy", path, method, label)
+    points = sti_accuracy_points(totals, accuracies, p.methods, {label: len(d) for label, d in task_sets})
+    name = "-".join(_slug(label.replace(" tasks", "")) for label, _ in task_sets)
+    name = name if len(name) <= 40 else f"{len(task_sets)}sets"
+    return [plot_sti_vs_accuracy(points, out / f"sti_vs_accuracy_{name}.png", title=ws.model_name)]
+
+
+def default_layers(per_entry: Mapping[str, Any], max_panels: int) -> list[str]:
+    """First, middle and last transformer block: attention input projection and MLP input (``max_panels``)."""
+    keys = list(per_entry)
+    blocks = sorted({e["block_index"] for e in per_entry.values() if e["block_index"] is not None})
+    if not blocks:
+        return keys[:max_panels]
+    chosen_blocks = list(dict.fromkeys([blocks[0], blocks[len(blocks) // 2], blocks[-1]]))
+    chosen = []
+    for b in chosen_blocks:
+        in_block = [k for k in keys if per_entry[k]["block_index"] == b]
+        preferred = [k for k in in_block if "in_proj" in k or "c_fc" in k] or in_block[:2]
+        chosen += preferred[:2]
+    return chosen[:max_panels]
+
+
+def run_spectra(ws: Workspace, p: SpectraParams) -> list[Path]:
+    from ..plotting.lowrank import plot_energy, plot_spectra
+    from ..plotting.style import write_csv
+    from .spectra import ENERGY_LEVELS, layer_spectra
+
+    out, tag = ws.output_dir("spectra", p.out_dir), tasks_tag(ws.datasets)
+    tasks = open_task_vectors(ws.settings)
+    spectra = layer_spectra(tasks, progress=_progress(ws))
+    per_entry = spectra["per_entry"]
+    if p.layers:
+        keys = []
+        for pattern in p.layers:
+            found = [k for k in per_entry if k == pattern] or [k for k in per_entry if re.search(pattern, k)]
+            if not found:
+                raise ConfigError(f"analysis.layers: no 2-D entry matches {pattern!r}")
+            keys += [k for k in found if k not in keys]
+    else:
+        keys = default_layers(per_entry, p.max_panels)
+    title = _title(ws)
+    files = [plot_spectra(spectra, keys, out / f"spectra_{tag}.png", num_tasks=len(ws.datasets), title=title),
+             plot_energy(spectra, out / f"energy_{tag}.png", num_tasks=len(ws.datasets), title=title)]
+    rows = [{"layer": key, "label": e["label"], "task": task, "rank": min(e["shape"]),
+             **{f"components_for_{level:g}_energy": e["rank_for_energy"][task][str(level)] for level in ENERGY_LEVELS}}
+            for key, e in per_entry.items() for task in e["singular_values"]]
+    files.append(write_csv(out / f"rank_for_energy_{tag}.csv", rows))
+    files.append(write_json(out / f"spectra_{tag}.json", spectra))
+    return files
+
+
+def run_procrustes(ws: Workspace, p: ProcrustesParams) -> list[Path]:
+    from ..plotting.lowrank import plot_procrustes
+    from .procrustes import procrustes_table
+
+    out, tag = ws.output_dir("procrustes", p.out_dir), tasks_tag(ws.datasets)
+    table = procrustes_table(open_task_vectors(ws.settings), progress=_progress(ws))
+    return [plot_procrustes(table, out / f"procrustes_{tag}.png", title=_title(ws), log=p.log_scale)]
+
+
+def run_truncation(ws: Workspace, p: TruncationParams) -> list[Path]:
+    from ..plotting.lowrank import plot_truncation
+    from .truncation import truncation_curves
+
+    out, tag = ws.output_dir("truncation", p.out_dir), tasks_tag(ws.datasets)
+    session = EvalSession.open(ws.settings, ws.datasets, p.split)
+    curves = truncation_curves(session, [float(f) for f in p.fractions], include_zeroshot=p.include_zeroshot,
+                               progress=_progress(ws))
+    curves["model"] = ws.model_name
+    return [plot_truncation(curves, out / f"truncation_{p.split}_{tag}.png", title=f"{_title(ws)} ({p.split})")]
+
+
+def run_ablation(ws: Workspace, p: AblationParams) -> list[Path]:
+    from ..checkpoints.paths import atomic_write
+    from ..plotting.evaluation import plot_ablation
+    from ..plotting.style import write_csv
+    from .ablation import ablation_markdown, ablation_rows
+
+    out, tag = ws.output_dir("ablation", p.out_dir), tasks_tag(ws.datasets)
+    payloads = {}
+    for method in p.methods:
+        payload, path, _ = ws.merge_result(method, recompute=p.recompute)
+        payloads[method] = {**payload, "_path": str(path)}
+    rows = ablation_rows(payloads, ws.datasets)
+    md = ablation_markdown(rows, f"Ablation (Table 4): {_title(ws)}")
+    print(md)
+    md_path = atomic_write(out / f"ablation_{tag}.md", lambda tmp: tmp.write_text(md))
+    return [plot_ablation(rows, out / f"ablation_{tag}.png", title=_title(ws)), md_path,
+            write_csv(out / f"ablation_{tag}_table.csv", rows)]
+
+
+def run_alpha_heatmap(ws: Workspace, p: AlphaHeatmapParams) -> list[Path]:
+    from ..plotting.evaluation import plot_alpha_heatmap
+    from .alpha_heatmap import alpha_sweep, resolve_subsets
+
+    out = ws.output_dir("alpha_heatmap", p.out_dir)
+    subsets = resolve_subsets(p.subsets)
+    union = list(dict.fromkeys(d for _, datasets in subsets for d in datasets))
+    methods = {m: ws.run_settings(m).method_params for m in p.methods}
+    session = EvalSession.open(ws.settings, union, p.split)
+    sweep = alpha_sweep(session, subsets, methods, alphas=p.alphas, n_eval_points=ws.settings.n_eval_points,
+                        progress=_progress(ws))
+    sweep["model"] = ws.model_name
+    name = "-".join(_slug(label.replace(" tasks", "")) for label, _ in subsets)
+    name = name if len(name) <= 40 else f"{len(subsets)}subsets"
+    return [plot_alpha_heatmap(sweep, out / f"alpha_heatmap_{p.split}_{name}.png", title=ws.model_name)]
+
+
+def run_compression(ws: Workspace, p: CompressionParams) -> list[Path]:
+    from ..checkpoints.paths import atomic_write
+    from ..evaluation.metrics import AccuracyFileError, load_ft_accuracies
+    from ..plotting.evaluation import plot_compression
+    from ..plotting.style import write_csv
+    from .compression import storage_table
+
+    out, tag = ws.output_dir("compression", p.out_dir), tasks_tag(ws.datasets)
+    tasks = open_task_vectors(ws.settings)
+    storage = storage_table(tasks, svd=p.svd, progress=_progress(ws))
+    accuracy: dict[str, dict[str, Any]] = {}
+    try:
+        ft = load_ft_accuracies(ws.settings.ft_accuracies, ws.datasets)
+        accuracy["finetuned"] = {"avg_top1": sum(ft[d] for d in ws.datasets) / len(ws.datasets),
+                                 "avg_normalized_top1": 1.0, "result_file": str(ws.settings.ft_accuracies)}
+    except AccuracyFileError as exc:
+        log.warning("no fine-tuned reference accuracy: %s", exc)
+    if p.evaluate:
+        for method in ("tall_mask", "TSVC"):
+            payload, path, _ = ws.merge_result(method, recompute=p.recompute)
+            accuracy[method] = {"avg_top1": payload["test"]["avg_top1"],
+                                "avg_normalized_top1": payload["test"]["avg_normalized_top1"],
+                                "result_file": str(path)}
+    labels = {"finetuned": "fine-tuned (T models)", "tall_mask": "TALL masks", "TSVC": "TSV-C"}
+    rows = []
+    for method, s in storage["methods"].items():
+        acc = accuracy.get(method, {})
+        rows.append({
+            "method": method, "label": labels[method], "shared_bytes": s["shared"],
+            "per_task_bytes_total": sum(s["per_task"]), "total_bytes": s["total"],
+            "total_MiB": s["total"] / 2**20, "relative_to_individual": s["relative_to_individual"],
+            **{f"bytes_{name}": b for name, b in zip(ws.datasets, s["per_task"], strict=True)},
+            "avg_top1": acc.get("avg_top1"), "avg_normalized_top1": acc.get("avg_normalized_top1"),
+            "result_file": acc.get("result_file"),
+        })
+    md = _compression_markdown(rows, ws.datasets, f"Compression (Table 3): {_title(ws)}")
+    print(md)
+    md_path = atomic_write(out / f"compression_{tag}.md", lambda tmp: tmp.write_text(md))
+    return [plot_compression(rows, out / f"compression_{tag}.png", title=_title(ws)), md_path,
+            write_csv(out / f"compression_{tag}_table.csv", rows)]
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``1.50 KiB`` (binary units)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def _compression_markdown(rows: Sequence[Mapping[str, Any]], datasets: Sequence[str], title: str) -> str:
+    def pct(v: float | None) -> str:
+        return "" if v is None else f"{100 * v:.1f}"
+
+    lines = [f"### {title}", "",
+             "| method | accuracy (normalized) | shared | per task (mean) | total | × individual |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        acc = "" if r["avg_top1"] is None else f"{pct(r['avg_top1'])} ({pct(r['avg_normalized_top1'])})"
+        per_task = r["per_task_bytes_total"] / max(1, len(datasets))
+        lines.append(f"| {r['label']} | {acc} | {human_bytes(r['shared_bytes'])} | {human_bytes(per_task)} "
+                     f"| {human_bytes(r['total_bytes'])} | {r['relative_to_individual']:.3f} |")
+    lines += ["", "Bytes per task:", ""]
+    lines += [f"- {r['label']}: " + ", ".join(f"{d} {r[f'bytes_{d}']}" for d in datasets) for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+#: name -> (parameter dataclass, runner)
+ANALYSES: dict[str, tuple[type, Callable[[Workspace, Any], list[Path]]]] = {
+    "sti": (StiParams, run_sti),
+    "sti_accuracy": (StiAccuracyParams, run_sti_accuracy),
+    "spectra": (SpectraParams, run_spectra),
+    "procrustes": (ProcrustesParams, run_procrustes),
+    "truncation": (TruncationParams, run_truncation),
+    "ablation": (AblationParams, run_ablation),
+    "alpha_heatmap": (AlphaHeatmapParams, run_alpha_heatmap),
+    "compression": (CompressionParams, run_compression),
+}
+
+
+def run_analysis(name: str, workspace: Workspace, params: Any | Mapping[str, Any] | None = None) -> list[Path]:
+    """Run analysis ``name`` (``params``: its dataclass, or a mapping of its config keys); returns the files."""
+    if not isinstance(params, tuple(cls for cls, _ in ANALYSES.values())):
+        params = parse_params(name, dict(params or {}))
+    return ANALYSES[name][1](workspace, params)
+
+
+# ------------------------------------------------------------------------------------------------- command line
+
+def _config_dirs() -> list[Path]:
+    """Hydra's file config sources: ``--config-dir`` ones first (they are searched first), then ``config/``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    sources = [s for s in HydraConfig.get().runtime.config_sources if s.schema == "file" and s.path]
+    ordered = [s for s in sources if s.provider == "command-line"] + [s for s in sources if s.provider == "main"]
+    return [Path(s.path) for s in ordered]
+
+
+def run_from_hydra(cfg: DictConfig) -> list[Path]:
+    """Body of ``analyze.py``: validate, run, list the files; user errors exit with status 2 and a message."""
+    from ..evaluation.merge_eval import user_errors
+
+    try:
+        section = OmegaConf.to_container(cfg.analysis, resolve=True)
+        if not isinstance(section, dict) or "name" not in section:
+            raise ConfigError("the analysis config needs a name (config/analysis/<name>.yaml)")
+        name = str(section["name"])
+        params = parse_params(name, section)
+        workspace = Workspace(cfg, _config_dirs())
+        files = run_analysis(name, workspace, params)
+    except user_errors() as exc:  # ConfigError included
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"{name}: {len(files)} files written")
+    for f in files:
+        print(f"  {f}")
+    return files
+
+
+def _is_analysis_override(text: str) -> bool:
+    key = text.partition("=")[0].lstrip("+~")
+    return key == "analysis" or key.startswith("analysis.")
+
+
+def check_analysis_overrides(argv: Sequence[str], config_dir: str | Path) -> None:
+    """Reject unknown analyses / analysis keys on the command line (listing the valid ones); the other overrides
+    go through ``main.py``'s own check (:func:`tsvmerge.config.check_overrides`)."""
+    from ..config import _split_argv, check_overrides
+
+    overrides, extra_dirs, _ = _split_argv(argv)
+    dirs = [*extra_dirs, Path(config_dir)]
+    available = sorted({p.stem for d in dirs for p in (d / "analysis").glob("*.yaml")})
+    chosen = ["sti"]
+    problems = []
+    for text in overrides:
+        key, eq, value = text.partition("=")
+        if key.lstrip("+~") == "analysis" and eq:
+            if any(c in value for c in "()[]*"):  # a Hydra sweep expression: left to Hydra
+                chosen = []
+                continue
+            chosen = [v.strip() for v in value.split(",")]  # a, or a,b,c in multirun
+            for name in chosen:
+                if name not in available:
+                    problems.append(f"unknown analysis {name!r}; available: {', '.join(available)}")
+    for text in overrides:
+        key, eq, _ = text.partition("=")
+        key = key.lstrip("+~")
+        if key.startswith("analysis.") and eq:
+            sub = key.split(".")[1]
+            for name in (n for n in chosen if n in ANALYSES):
+                valid = ["name", *(f.name for f in dataclasses.fields(ANALYSES[name][0]))]
+                if sub not in valid:
+                    problems.append(f"unknown key {key!r} for analysis={name}; valid analysis keys: "
+                                    f"{', '.join(valid)}")
+    if problems:
+        raise ConfigError("invalid command line:\n" + "\n".join(f"  - {p}" for p in problems))
+    # Everything else must be valid for main.py's configuration (model, paths, tasks, device, ...).
+    check_overrides([a for a in argv if not _is_analysis_override(a)], config_dir)

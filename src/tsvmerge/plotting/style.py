@@ -1,0 +1,127 @@
+"""Shared figure style and saving: matplotlib with the Agg backend, readable fonts, 200 dpi PNGs.
+
+Every figure is written with :func:`save_figure`, which also writes the numbers it shows beside the PNG:
+``<stem>.json`` (the data as given) and ``<stem>.csv`` (one row per plotted value), so a figure can be re-drawn or
+tabulated without re-running the analysis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed; must precede pyplot
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from ..checkpoints.paths import atomic_write  # noqa: E402
+from ..evaluation.results import write_json  # noqa: E402
+
+__all__ = ["DPI", "METHOD_LABELS", "STYLE", "figure", "method_color", "save_figure", "write_csv"]
+
+DPI = 200
+
+#: rcParams of every figure: sizes readable in a two-column paper at the figure's own size.
+STYLE: dict[str, Any] = {
+    "font.size": 12,
+    "axes.titlesize": 13,
+    "axes.labelsize": 12,
+    "xtick.labelsize": 11,
+    "ytick.labelsize": 11,
+    "legend.fontsize": 10,
+    "legend.framealpha": 0.9,
+    "figure.titlesize": 14,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linestyle": "--",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "lines.linewidth": 2.0,
+    "lines.markersize": 6,
+    "savefig.dpi": DPI,
+    "savefig.bbox": "tight",
+    "image.cmap": "viridis",
+}
+
+#: Display names of the methods, in the row order of the paper's tables.
+METHOD_LABELS: dict[str, str] = {
+    "zeroshot": "Zero-shot",
+    "average": "Weight averaging",
+    "sum": "Task Arithmetic",
+    "ties": "TIES-Merging",
+    "consensus": "Consensus merging",
+    "TSVM_lowrank_only": "TSV-M: low-rank only",
+    "TSVM_interference_only": "TSV-M: interference reduction only",
+    "TSVM_2": "TSV-M (whitening)",
+    "TSVM": "TSV-M",
+    "mag_masking": "Magnitude masking",
+    "tall_mask": "TALL masks",
+    "TSVC": "TSV-C",
+}
+
+#: Fixed colours per method so that every figure uses the same colour for the same method.
+_METHOD_COLORS = {
+    "zeroshot": "#7f7f7f", "average": "#bcbd22", "sum": "#1f77b4", "ties": "#ff7f0e", "consensus": "#9467bd",
+    "tall_mask": "#8c564b", "mag_masking": "#e377c2", "TSVM": "#d62728", "TSVM_2": "#ff9896",
+    "TSVC": "#2ca02c", "TSVM_lowrank_only": "#17becf", "TSVM_interference_only": "#aec7e8",
+    "finetuned": "#000000",
+}
+_FALLBACK = plt.get_cmap("tab20").colors
+
+
+def method_color(method: str, index: int = 0) -> Any:
+    """The colour of ``method`` (a method name of the registry), or a palette colour by ``index``."""
+    return _METHOD_COLORS.get(method, _FALLBACK[index % len(_FALLBACK)])
+
+
+@contextlib.contextmanager
+def figure(*args: Any, **kwargs: Any) -> Iterator[tuple[Figure, Any]]:
+    """``plt.subplots(*args, **kwargs)`` under the shared style; the figure is closed on exit."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(*args, **kwargs)
+        try:
+            yield fig, axes
+        finally:
+            plt.close(fig)
+
+
+def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None) -> Path:
+    """Write ``rows`` (dicts) as CSV atomically; columns are ``fieldnames`` or the union of keys in order of appearance.
+
+    ``None`` is written as an empty cell (missing values stay empty, never zero).
+    """
+    if fieldnames is None:
+        seen: dict[str, None] = {}
+        for row in rows:
+            seen.update(dict.fromkeys(row))
+        fieldnames = list(seen)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fieldnames), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    text = buffer.getvalue()
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def save_figure(fig: Figure, path: str | Path, data: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Save ``fig`` as a 200 dpi PNG at ``path`` (tight layout) and the numbers beside it (.json, .csv)."""
+    png = Path(path).with_suffix(".png")
+    with plt.rc_context(STYLE):
+        if fig.get_layout_engine() is None:
+            fig.tight_layout()
+
+        def write(tmp: Path) -> None:
+            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+
+        atomic_write(png, write)
+    write_json(png.with_suffix(".json"), data)
+    write_csv(png.with_suffix(".csv"), rows)
+    return png

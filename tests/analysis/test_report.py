@@ -1,0 +1,127 @@
+"""report.py: result files -> Table 2, per-dataset tables, radar charts; missing cells stay empty."""
+
+from __future__ import annotations
+
+import csv
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+
+from tsvmerge.data import BENCHMARK_DATASETS
+from tsvmerge.evaluation.results import RESULT_SCHEMA, result_path, write_json
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _section(datasets: list[str], base: float) -> dict[str, float]:
+    """Per-dataset top-1 base + 0.01·i, normalized = top-1 / 0.9."""
+    section = {}
+    for i, d in enumerate(datasets):
+        section[f"{d}:top1"] = base + 0.01 * i
+        section[f"{d}:normalized_top1"] = (base + 0.01 * i) / 0.9
+    section["avg_top1"] = sum(section[f"{d}:top1"] for d in datasets) / len(datasets)
+    section["avg_normalized_top1"] = section["avg_top1"] / 0.9
+    return section
+
+
+def _write(results: Path, model: str, method: str, datasets: list[str], base: float, *, full_name: str | None = None,
+           suffix: str = "valbest", folder: str = "merging", created: str = "2025-01-01T00:00:00+00:00",
+           task_specific: bool = False) -> dict:
+    full_name = full_name or method
+    payload = {"schema": RESULT_SCHEMA, "model": model, "method": method, "method_full_name": full_name,
+               "num_tasks": len(datasets), "datasets": datasets, "alpha": 1.0,
+               "task_choices": {d: 1.0 for d in datasets} if task_specific else None,
+               "test": _section(datasets, base), "created_utc": created}
+    write_json(result_path(results, folder, model, len(datasets), full_name, suffix), payload)
+    return payload
+
+
+@pytest.fixture()
+def results(tmp_path: Path) -> Path:
+    root = tmp_path / "results"
+    b8, b14 = list(BENCHMARK_DATASETS[:8]), list(BENCHMARK_DATASETS[:14])
+    _write(root, "ViT-B-32", "sum", b8, 0.60, full_name="sum_k100")
+    _write(root, "ViT-B-32", "TSVM", b8, 0.80)
+    _write(root, "ViT-B-32", "TSVM", b8, 0.70, suffix="lambda1")
+    _write(root, "ViT-B-32", "TSVM", b14, 0.75)
+    _write(root, "ViT-L-14", "TSVC", b8, 0.90, task_specific=True)
+    # an older copy of the same cell in another folder: the newest file wins
+    _write(root, "ViT-B-32", "TSVM", b8, 0.10, folder="old", created="2024-01-01T00:00:00+00:00")
+    # an explicit task list: not a Table 2 column, but a per-dataset table of its own
+    _write(root, "ViT-B-32", "sum", ["MNIST", "SVHN", "DTD"], 0.50, full_name="sum_k100",
+           suffix="MNIST-SVHN-DTD_valbest")
+    (root / "merging" / "notes.json").write_text(json.dumps({"not": "a result"}))
+    (root / "merging" / "broken.json").write_text("{")
+    ft = root / "single_task" / "ViT-B-32" / "nonlinear_ft_accuracies.json"
+    ft.parent.mkdir(parents=True)
+    ft.write_text(json.dumps({d: 0.9 for d in BENCHMARK_DATASETS}))
+    return root
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_report_reproduces_table_2(results: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "report"
+    main = runpy.run_path(str(REPO / "report.py"), run_name="report")["main"]
+    assert main(["--results-dir", str(results), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    avg8 = sum(0.80 + 0.01 * i for i in range(8)) / 8
+    avg8_sum = sum(0.60 + 0.01 * i for i in range(8)) / 8
+    avg14 = sum(0.75 + 0.01 * i for i in range(14)) / 14
+    avg8_lam = sum(0.70 + 0.01 * i for i in range(8)) / 8
+    avg8_tsvc = sum(0.90 + 0.01 * i for i in range(8)) / 8
+
+    def cell(top1: float) -> str:
+        return f"{100 * top1:.1f} ({100 * top1 / 0.9:.1f})"
+
+    table = md.split("## Average accuracy (Table 2)")[1].split("## Per-dataset")[0]
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    assert lines[0] == "| method | ViT-B-32 8 tasks | ViT-B-32 14 tasks | ViT-L-14 8 tasks |"
+    assert lines[2] == "| Fine-tuned (individual) | 90.0 (100.0) | 90.0 (100.0) |  |"
+    assert lines[3] == f"| Task Arithmetic | {cell(avg8_sum)} |  |  |"
+    assert lines[4] == f"| TSV-M | {cell(avg8)} | {cell(avg14)} |  |"
+    assert lines[5] == f"| TSV-M (α=1) | {cell(avg8_lam)} |  |  |"
+    assert lines[6] == f"| TSV-C † |  |  | {cell(avg8_tsvc)} |"
+    assert len(lines) == 7, "no invented row or cell"
+
+    rows = _rows(out / "table2.csv")
+    by_key = {(r["method"], r["suffix"], r["model"], r["tasks"]): r for r in rows}
+    assert float(by_key[("TSVM", "valbest", "ViT-B-32", "8 tasks")]["avg_top1"]) == pytest.approx(avg8)
+    assert float(by_key[("TSVM", "valbest", "ViT-B-32", "8 tasks")]["avg_normalized_top1"]) == pytest.approx(avg8 / 0.9)
+    assert by_key[("TSVM", "valbest", "ViT-B-32", "8 tasks")]["result_file"].endswith(
+        "merging/ViT-B-32_8tasks_TSVM_nonlinear_additions_valbest.json"), "the newest duplicate is used"
+    assert by_key[("sum", "valbest", "ViT-B-32", "14 tasks")]["avg_top1"] == "", "missing cells stay empty"
+    assert by_key[("TSVC", "valbest", "ViT-B-32", "8 tasks")]["avg_top1"] == ""
+    assert "old/ViT-B-32_8tasks_TSVM" in md.split("## Duplicate result files")[1]
+
+    per = _rows(out / "per_dataset.csv")
+    custom = [r for r in per if r["tasks"] == "MNIST+SVHN+DTD"]
+    assert [r["dataset"] for r in custom if r["method"] == "sum"] == ["MNIST", "SVHN", "DTD", "average"]
+    assert [float(r["top1"]) for r in custom if r["method"] == "sum"] == pytest.approx([0.50, 0.51, 0.52, 0.51])
+    assert "### ViT-B-32, MNIST+SVHN+DTD" in md
+    cars = [r for r in per if r["tasks"] == "8 tasks" and r["model"] == "ViT-B-32" and r["dataset"] == "Cars"]
+    assert {r["label"]: float(r["top1"]) for r in cars} == pytest.approx(
+        {"Fine-tuned (individual)": 0.9, "Task Arithmetic": 0.6, "TSV-M": 0.8, "TSV-M (α=1)": 0.7})
+
+    radar = out / "radar_ViT-B-32_8tasks.png"
+    assert radar.is_file() and radar.stat().st_size > 10_000
+    data = json.loads(radar.with_suffix(".json").read_text())
+    assert data["datasets"] == list(BENCHMARK_DATASETS[:8])
+    assert data["series"]["TSV-M"]["values"] == pytest.approx([0.80 + 0.01 * i for i in range(8)])
+    assert (out / "radar_ViT-L-14_8tasks.png").is_file() and (out / "radar_ViT-B-32_MNIST_SVHN_DTD.png").is_file()
+    assert "report.md" in capsys.readouterr().out
+
+
+def test_report_without_results(tmp_path: Path) -> None:
+    from tsvmerge.analysis.report import main
+
+    (tmp_path / "results").mkdir()
+    assert main(["--results-dir", str(tmp_path / "results")]) == 0
+    md = (tmp_path / "results" / "report" / "report.md").read_text()
+    assert "No result file" in md
+    assert main(["--results-dir", str(tmp_path / "nowhere")]) == 2
