@@ -3,13 +3,11 @@ helper that runs ``analyze.py`` in-process through Hydra's real entry point."""
 
 from __future__ import annotations
 
-import json
-import runpy
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.evaluation.conftest import run_script
 from tests.evaluation.world import World, make_world
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,13 +39,4 @@ def analyze_args(world: World, out: Path, *overrides: str) -> list[str]:
 
 def run_analyze(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
     """``python analyze.py <args>`` in this process; returns the exit status."""
-    monkeypatch.setattr(sys, "argv", [str(ANALYZE), *args])
-    try:
-        runpy.run_path(str(ANALYZE), run_name="__main__")
-    except SystemExit as exc:
-        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
-    return 0
-
-
-def load(path: Path) -> dict:
-    return json.loads(path.read_text())
+    return run_script(ANALYZE, args, monkeypatch)

@@ -22,14 +22,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return make_world(tmp_path_factory.mktemp("world"))
 
 
-def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    """``python main.py <args>`` in this process (so tests can count calls); returns the exit status."""
-    monkeypatch.setattr(sys, "argv", [str(MAIN), *args])
+def run_script(script: Path, args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    """``python <script> <args>`` in this process (so tests can count calls); returns the exit status."""
+    monkeypatch.setattr(sys, "argv", [str(script), *args])
     try:
-        runpy.run_path(str(MAIN), run_name="__main__")
+        runpy.run_path(str(script), run_name="__main__")
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
     return 0
+
+
+def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    """``python main.py <args>`` in this process; returns the exit status."""
+    return run_script(MAIN, args, monkeypatch)
 
 
 def run_eval_single_task(args: list[str]) -> int:
