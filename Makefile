@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The torch / torchvision pair must match (torchvision's compiled ops are built for one torch).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo demo-analyses bench clean
 
 venv: $(STAMP)
 
@@ -20,11 +20,12 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest
 
-DEMO_DIR := .bench_cache/ViT-S-32
+# The embedded demo (docs/demo.md): synthetic tasks, tiny CLIP, fine-tuning, every merge method, table + chart.
 demo: $(STAMP)
-	$(PY) bench/merge.py --model ViT-S-32 --tasks 4 --method zeroshot average sum ties consensus TSVM TSVM_2 TSVC
-	$(VENV)/bin/tsvmerge merge --method TSVM --report-sti --quiet --pretrained $(DEMO_DIR)/zeroshot.pt \
-		--finetuned $(foreach i,0 1 2 3,$(DEMO_DIR)/task$(i).pt) --out $(DEMO_DIR)/merged_TSVM.safetensors
+	$(PY) demo.py
+
+demo-analyses: $(STAMP)
+	$(PY) demo.py --analyses
 
 bench: $(STAMP)
 	$(PY) bench/merge.py --model ViT-B-32 --tasks 8 --method TSVM

@@ -22,9 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="ViT-B-32", help="model config name: config/model/<name>.yaml")
     parser.add_argument("--finetuning-mode", choices=("none", "standard"), default="standard",
                         help="none: the zero-shot encoder; standard: each task's fine-tuned encoder")
-    parser.add_argument("--datasets", nargs="+", metavar="NAME", help="datasets to evaluate (default: all 20)")
+    parser.add_argument("--datasets", nargs="+", metavar="NAME", help="datasets to evaluate (default: every task of the model's benchmark: the 20 datasets)")
     parser.add_argument("--train-dataset", help="same as --datasets, comma-separated (published spelling)")
-    parser.add_argument("--num-tasks", type=int, help="the first N datasets of the 20-task list")
+    parser.add_argument("--num-tasks", type=int, help="the first N tasks of the model's benchmark list")
     parser.add_argument("--model-location", type=Path, default=Path("models/checkpoints"))
     parser.add_argument("--data-location", type=Path, default=Path("data"))
     parser.add_argument("--results-dir", type=Path, default=Path("results"),
@@ -61,16 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         names = args.datasets or ([s for s in args.train_dataset.split(",") if s] if args.train_dataset else None)
         if names is not None and args.num_tasks is not None:
             raise ConfigError("give either --datasets / --train-dataset or --num-tasks")
+        spec = load_model_spec(args.model, [*args.config_dir, CONFIG_DIR])
         try:
             datasets = task_list(num_tasks=args.num_tasks, datasets=[n.removesuffix("Val") for n in names]
-                                 if names else None)
+                                 if names else None, benchmark=spec.benchmark)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         try:
             resolve_device(args.device)
         except (RuntimeError, ValueError) as exc:
             raise ConfigError(f"--device={args.device}: {exc}") from None
-        spec = load_model_spec(args.model, [*args.config_dir, CONFIG_DIR])
         if args.pretrained:
             spec = dataclasses.replace(spec, pretrained=args.pretrained)
         outcome = run_single_task(

@@ -84,11 +84,11 @@ def config_from_args(args: argparse.Namespace):  # -> tsvmerge.training.run.Fine
         spec = dataclasses.replace(spec, pretrained=args.pretrained)
     names = _task_names(args.train_dataset)
     try:
-        tasks = task_list(datasets=names) if names is not None else default_tasks(spec.name)
+        tasks = task_list(datasets=names) if names is not None else default_tasks(spec.benchmark)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    hp = default_hyperparameters(spec.name, spec.arch, lr=args.lr, weight_decay=args.wd, batch_size=args.batch_size,
-                                 num_grad_accumulation=args.num_grad_accumulation,
+    hp = default_hyperparameters(spec.name, spec.arch, spec.finetuning, lr=args.lr, weight_decay=args.wd,
+                                 batch_size=args.batch_size, num_grad_accumulation=args.num_grad_accumulation,
                                  label_smoothing=args.label_smoothing, warmup_steps=args.warmup_steps,
                                  max_grad_norm=args.max_grad_norm)
     return FinetuneConfig(

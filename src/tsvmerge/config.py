@@ -56,7 +56,7 @@ TOP_LEVEL_KEYS = (
     "channels_last", "batch_size", "num_workers", "data_location", "model_location", "results_dir",
     "save_subfolder", "result_suffix", "ft_accuracies", "eval_cache", "cache_dir", "progress", "wandb",
 )
-MODEL_KEYS = ("name", "arch", "quick_gelu", "pretrained", "open_clip_config", "cache_dir")
+MODEL_KEYS = ("name", "arch", "quick_gelu", "pretrained", "open_clip_config", "cache_dir", "benchmark", "finetuning")
 WANDB_KEYS = ("mode", "project", "entity", "group")
 METHOD_META_KEYS = ("name", "full_name")
 PRECISIONS = ("bf16", "fp16", "fp32")
@@ -105,10 +105,10 @@ class RunSettings:
 
     @property
     def benchmark_prefix(self) -> bool:
-        """Whether the tasks are the first T of the benchmark list (not an explicit DATASETS list)."""
-        from .data import BENCHMARK_DATASETS
+        """Whether the tasks are the first T of the model's benchmark list (not an explicit DATASETS list)."""
+        from .data import benchmark_tasks
 
-        return tuple(self.datasets) == BENCHMARK_DATASETS[: self.num_tasks]
+        return tuple(self.datasets) == benchmark_tasks(self.model.benchmark)[: self.num_tasks]
 
 
 # --------------------------------------------------------------------------------------------- composed config
@@ -171,11 +171,13 @@ def _choice(value: Any, key: str, valid: Sequence[str], problems: _Problems) -> 
     return str(value)
 
 
-def _datasets(plain: Mapping[str, Any], problems: _Problems) -> list[str]:
-    from .data import BENCHMARK_DATASETS, task_list
+def _datasets(plain: Mapping[str, Any], problems: _Problems, benchmark: str) -> list[str]:
+    from .data import REGISTRY, benchmark_tasks, task_list
 
     listed = plain.get("DATASETS")
-    valid = f"valid dataset names: {_listing(BENCHMARK_DATASETS)}"
+    tasks = benchmark_tasks(benchmark)
+    valid = f"valid dataset names: {_listing(tasks)}" + (
+        f" (and any of {_listing([d for d in REGISTRY if d not in tasks])})" if len(REGISTRY) > len(tasks) else "")
     if not _none(listed) and listed != []:
         if isinstance(listed, str):
             listed = [s.strip() for s in listed.split(",") if s.strip()]
@@ -190,16 +192,17 @@ def _datasets(plain: Mapping[str, Any], problems: _Problems) -> list[str]:
         try:
             return task_list(datasets=listed)
         except ValueError as exc:
-            unknown = [d for d in listed if d not in BENCHMARK_DATASETS]
+            unknown = [d for d in listed if d not in REGISTRY]
             problems.append(f"unknown dataset{'s' if len(unknown) > 1 else ''} {_listing(unknown)}; {valid}"
                             if unknown else str(exc))
             return []
     n = plain.get("num_tasks")
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(BENCHMARK_DATASETS):
-        problems.append(f"num_tasks must be an integer in 1..{len(BENCHMARK_DATASETS)} (8, 14 and 20 are the "
-                        f"paper's benchmarks), got {n!r}; or list the tasks with DATASETS=[...]")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(tasks):
+        paper = " (8, 14 and 20 are the paper's benchmarks)" if benchmark == "paper" else ""
+        problems.append(f"num_tasks must be an integer in 1..{len(tasks)}{paper}, got {n!r}; "
+                        "or list the tasks with DATASETS=[...]")
         return []
-    return task_list(num_tasks=n)
+    return task_list(num_tasks=n, benchmark=benchmark)
 
 
 def _model(section: Any, problems: _Problems) -> ModelSpec | None:
@@ -217,6 +220,21 @@ def _model(section: Any, problems: _Problems) -> ModelSpec | None:
     if oc_cfg is not None and not isinstance(oc_cfg, Mapping):
         problems.append("model.open_clip_config must be a mapping (an open_clip model config) or null")
         oc_cfg = None
+    from .data import BENCHMARKS
+
+    benchmark = str(section.get("benchmark") or "paper")
+    if benchmark not in BENCHMARKS:
+        problems.append(f"model.benchmark={benchmark!r} is not valid; choose one of: {_listing(BENCHMARKS)}")
+        benchmark = "paper"
+    finetuning = section.get("finetuning")
+    if finetuning is not None:
+        from .training.protocol import check_protocol_overrides
+
+        if not isinstance(finetuning, Mapping):
+            problems.append("model.finetuning must be a mapping of fine-tuning settings or null")
+            finetuning = None
+        else:
+            problems.extend(f"model.finetuning: {p}" for p in check_protocol_overrides(finetuning))
     return ModelSpec(
         name=name,
         arch=None if _none(arch) else str(arch),
@@ -224,6 +242,8 @@ def _model(section: Any, problems: _Problems) -> ModelSpec | None:
         pretrained=None if _none(pretrained) else str(pretrained),
         open_clip_config=oc_cfg,
         cache_dir=None if _none(section.get("cache_dir")) else str(section.get("cache_dir")),
+        benchmark=benchmark,
+        finetuning=finetuning,
     )
 
 
@@ -260,7 +280,7 @@ def settings_from_config(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
     problems.check_keys(plain, TOP_LEVEL_KEYS, "top-level config")
     model = _model(plain.get("model"), problems)
     method, full_name, params, load_mask = _method(plain.get("method"), problems)
-    datasets = _datasets(plain, problems)
+    datasets = _datasets(plain, problems, model.benchmark if model is not None else "paper")
 
     specify_lambda = plain.get("specify_lambda")
     if _none(specify_lambda):

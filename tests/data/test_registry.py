@@ -3,13 +3,14 @@ from __future__ import annotations
 import pytest
 
 from tsvmerge.data import BENCHMARK_DATASETS, REGISTRY, get_dataset, task_list
+from tsvmerge.data.datasets.synthetic import SYNTHETIC_TASKS
 
 
 def test_benchmark_order_matches_spec() -> None:
     assert BENCHMARK_DATASETS[:8] == ("Cars", "DTD", "EuroSAT", "GTSRB", "MNIST", "RESISC45", "SVHN", "SUN397")
     assert BENCHMARK_DATASETS[8:14] == ("STL10", "OxfordIIITPet", "Flowers102", "CIFAR100", "PCAM", "FER2013")
     assert BENCHMARK_DATASETS[14:] == ("CIFAR10", "Food101", "FashionMNIST", "RenderedSST2", "EMNIST", "KMNIST")
-    assert sorted(REGISTRY) == sorted(BENCHMARK_DATASETS)
+    assert sorted(REGISTRY) == sorted((*BENCHMARK_DATASETS, *SYNTHETIC_TASKS))  # + the generated demo tasks
 
 
 @pytest.mark.parametrize("n", [1, 8, 14, 20])

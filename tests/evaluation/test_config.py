@@ -103,7 +103,7 @@ def test_unknown_method_name_lists_the_methods() -> None:
     (["method=TSVM", "method.k=5"], "unknown key 'method.k' for method=TSVM; valid method keys: name, full_name, "
                                     "svd, report_sti"),
     (["method=foo"], "unknown method 'foo'; available: average, consensus"),
-    (["model=RN50"], "unknown model 'RN50'; available: ViT-B-16, ViT-B-32, ViT-L-14"),
+    (["model=RN50"], "unknown model 'RN50'; available: demo, ViT-B-16, ViT-B-32, ViT-L-14"),
     (["foo=1"], "unknown config key 'foo'; valid keys: model, method, num_tasks"),
     (["wandb.x=1"], "unknown config key 'wandb.x'; valid wandb keys: mode, project, entity, group"),
     (["method.agg=sum"], "unknown key 'method.agg' for method=sum; valid method keys: name, full_name, k"),
@@ -136,5 +136,5 @@ def test_extra_config_dir_models(tmp_path: Path) -> None:
         check_overrides(["--config-dir", str(tmp_path), "model=mine", "model.foo=1"], CONFIG)
     spec = load_model_spec("mine", [tmp_path, CONFIG])
     assert spec.name == "mine" and spec.architecture == "ViT-B-32" and spec.pretrained is None
-    with pytest.raises(ConfigError, match="available: mine, ViT-B-16"):
+    with pytest.raises(ConfigError, match="available: demo, mine, ViT-B-16"):
         load_model_spec("nope", [tmp_path, CONFIG])

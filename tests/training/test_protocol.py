@@ -32,18 +32,23 @@ def test_published_epochs_and_hyperparameters() -> None:
     large = protocol.default_hyperparameters("ViT-L-14")
     assert (large.batch_size, large.num_grad_accumulation, large.effective_batch_size) == (64, 2, 128)
     assert protocol.default_hyperparameters("ViT-L-14", lr=3e-5, batch_size=None).lr == 3e-5
-    assert protocol.default_tasks("ViT-B-32") == list(BENCHMARK_DATASETS)
+    assert protocol.default_tasks() == protocol.default_tasks("paper") == list(BENCHMARK_DATASETS)
     with pytest.raises(KeyError, match="--epochs"):
         protocol.default_epochs("Unknown")
 
 
-def test_a_registered_model_overrides_tasks_and_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(protocol, "_TASK_LISTS", {})
-    monkeypatch.setattr(protocol, "_EPOCHS_BY_MODEL", {})
-    protocol.register_default_tasks("demo")(lambda: ["TaskA", "TaskB"])
-    protocol.register_epochs("demo", {"TaskA": 3})
-    assert protocol.default_tasks("demo") == ["TaskA", "TaskB"]
-    assert protocol.default_epochs("TaskAVal", "demo") == 3 and protocol.default_epochs("MNIST", "demo") == 5
+def test_a_model_config_overrides_the_protocol() -> None:
+    from tsvmerge.data import SYNTHETIC_TASKS
+
+    own = {"lr": 1e-3, "batch_size": 64, "warmup_steps": 10, "epochs": {"Digits": 3}}
+    assert protocol.check_protocol_overrides(own) == []
+    hp = protocol.default_hyperparameters("demo", None, own, lr=2e-3)
+    assert (hp.lr, hp.batch_size, hp.warmup_steps, hp.weight_decay) == (2e-3, 64, 10, 0.1)
+    assert protocol.default_epochs("DigitsVal", own["epochs"]) == 3 and protocol.default_epochs("MNIST", {}) == 5
+    assert protocol.default_tasks("synthetic") == list(SYNTHETIC_TASKS)
+    problems = protocol.check_protocol_overrides({"lr": "fast", "batch_size": 6.5, "epochs": {"Digits": 0},
+                                                  "momentum": 0.9})
+    assert len(problems) == 4 and any("valid keys" in p for p in problems)
 
 
 def _published_cosine_lr(base_lr: float, warmup: int, steps: int, step: int) -> float:

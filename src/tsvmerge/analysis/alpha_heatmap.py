@@ -7,13 +7,14 @@ analysis gives one), rewriting the encoder's weights in place: each further α c
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from ..config import ConfigError
-from ..data import task_list
+from ..data import benchmark_tasks, task_list
 from ..evaluation.alpha_search import alpha_grid
 from ..evaluation.metrics import first_best, metrics_section
 from ..merging import TaskVectors, build_method, merge
@@ -21,10 +22,13 @@ from .common import EvalSession
 
 __all__ = ["alpha_sweep", "resolve_subsets"]
 
+log = logging.getLogger(__name__)
 
-def resolve_subsets(subsets: Any) -> list[tuple[str, list[str]]]:
-    """Subsets as (label, datasets): an integer n is the first n benchmark tasks (label ``n tasks``), a list is
-    an explicit task list, a mapping gives labels to lists or integers."""
+
+def resolve_subsets(subsets: Any, benchmark: str = "paper") -> list[tuple[str, list[str]]]:
+    """Subsets as (label, datasets): an integer n is the first n tasks of the model's benchmark (label
+    ``n tasks``; counts beyond the benchmark's size are skipped with a warning, so one config serves the 20-task
+    benchmark and the 8-task demo), a list is an explicit task list, a mapping gives labels to lists or integers."""
     if isinstance(subsets, Mapping):
         items = list(subsets.items())
     elif isinstance(subsets, Sequence) and not isinstance(subsets, str):
@@ -35,7 +39,11 @@ def resolve_subsets(subsets: Any) -> list[tuple[str, list[str]]]:
     for label, subset in items:
         try:
             if isinstance(subset, int) and not isinstance(subset, bool):
-                datasets = task_list(num_tasks=subset)
+                if subset > len(benchmark_tasks(benchmark)):
+                    log.warning("skipping the subset of %d tasks: the %s benchmark has %d", subset, benchmark,
+                                len(benchmark_tasks(benchmark)))
+                    continue
+                datasets = task_list(num_tasks=subset, benchmark=benchmark)
                 label = label or f"{subset} tasks"
             elif isinstance(subset, Sequence) and not isinstance(subset, str):
                 datasets = task_list(datasets=[str(d) for d in subset])

@@ -195,7 +195,7 @@ def run_sti_accuracy(ws: Workspace, p: StiAccuracyParams) -> list[Path]:
 
     out = ws.output_dir("sti_accuracy", p.out_dir)
     full_rank = any(v.startswith("full_rank") for v in p.methods.values())
-    task_sets = resolve_subsets(p.task_sets)
+    task_sets = resolve_subsets(p.task_sets, ws.settings.model.benchmark)
     totals, accuracies = {}, {}
     for label, datasets in task_sets:
         tasks = open_task_vectors(ws.settings, datasets)
@@ -305,7 +305,7 @@ def run_alpha_heatmap(ws: Workspace, p: AlphaHeatmapParams) -> list[Path]:
     from .alpha_heatmap import alpha_sweep, resolve_subsets
 
     out = ws.output_dir("alpha_heatmap", p.out_dir)
-    subsets = resolve_subsets(p.subsets)
+    subsets = resolve_subsets(p.subsets, ws.settings.model.benchmark)
     union = list(dict.fromkeys(d for _, datasets in subsets for d in datasets))
     methods = {m: ws.run_settings(m).method_params for m in p.methods}
     session = EvalSession.open(ws.settings, union, p.split)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoints.state_dict import open_state_dict
 from ..config import ConfigError, RunSettings, settings_from_config
-from ..data import BENCHMARK_DATASETS
+from ..data import benchmark_tasks, is_benchmark_prefix
 from ..merging import TaskVectors
 from ..merging.interference import transformer_block
 from ..merging.task_vectors import TaskEntry
@@ -47,8 +47,8 @@ REPO_CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
 
 
 def tasks_tag(datasets: Sequence[str]) -> str:
-    """``8tasks`` for the first 8 benchmark tasks, else the task list (``MNIST-Cars``; long lists hashed)."""
-    if tuple(datasets) == BENCHMARK_DATASETS[: len(datasets)]:
+    """``8tasks`` for the first 8 tasks of a benchmark, else the task list (``MNIST-Cars``; long lists hashed)."""
+    if is_benchmark_prefix(datasets):
         return f"{len(datasets)}tasks"
     joined = "-".join(datasets)
     return joined if len(joined) <= 60 else "custom" + hashlib.sha1(joined.encode()).hexdigest()[:8]
@@ -95,7 +95,7 @@ def open_task_vectors(settings: RunSettings, datasets: Sequence[str] | None = No
 
     datasets = list(settings.datasets if datasets is None else datasets)
     check = Preflight(f"analysis on {settings.model.name} ({len(datasets)} tasks)")
-    zeroshot = check.zeroshot(settings.model_location, settings.model.name)
+    zeroshot = check.zeroshot(settings.model_location, settings.model.name, settings.datasets)
     finetuned = check.finetuned(settings.model_location, settings.model.name, datasets)
     check.raise_if_missing()
     return TaskVectors(open_state_dict(zeroshot), [open_state_dict(p) for p in finetuned], names=datasets,
@@ -150,7 +150,7 @@ class Workspace:
             raw["method"] = OmegaConf.to_container(OmegaConf.load(self.method_yaml(method)), resolve=False)
         if datasets is not None:
             datasets = list(datasets)
-            if tuple(datasets) == BENCHMARK_DATASETS[: len(datasets)]:
+            if tuple(datasets) == benchmark_tasks(self.settings.model.benchmark)[: len(datasets)]:
                 raw["num_tasks"], raw["DATASETS"] = len(datasets), None
             else:
                 raw["DATASETS"] = datasets
@@ -217,7 +217,7 @@ class EvalSession:
         datasets = list(datasets)
         spec, loc = settings.model, settings.model_location
         check = Preflight(f"analysis on {spec.name} ({len(datasets)} tasks)")
-        zeroshot = check.zeroshot(loc, spec.name)
+        zeroshot = check.zeroshot(loc, spec.name, datasets)
         finetuned_paths = check.finetuned(loc, spec.name, datasets) if finetuned else []
         check.heads(spec, loc, datasets)
         names = [f"{d}Val" if split == "val" else d for d in datasets]

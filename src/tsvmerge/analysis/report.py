@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import BENCHMARK_DATASETS
+from ..data import is_benchmark_prefix
 from ..plotting.style import METHOD_LABELS
 
 __all__ = [
@@ -68,7 +68,7 @@ class ResultRecord:
     @property
     def benchmark(self) -> bool:
         """The first T tasks of the benchmark list (a Table 2 column), not an explicit DATASETS list."""
-        return self.datasets == BENCHMARK_DATASETS[: self.num_tasks]
+        return is_benchmark_prefix(self.datasets)
 
     @property
     def tasks_label(self) -> str:

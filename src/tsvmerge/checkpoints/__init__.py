@@ -8,6 +8,7 @@ from tsvmerge.checkpoints.paths import (
     CheckpointNotFoundError,
     atomic_write,
     dataset_base_name,
+    find_zeroshot_checkpoint,
     finetuned_checkpoint_path,
     head_path,
     single_task_accuracy_path,
@@ -55,5 +56,6 @@ __all__ = [
     "save_tall_masks",
     "single_task_accuracy_path",
     "tall_mask_paths",
+    "find_zeroshot_checkpoint",
     "zeroshot_checkpoint_path",
 ]

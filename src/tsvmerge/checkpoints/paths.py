@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = [
+    "find_zeroshot_checkpoint",
     "CHECKPOINT_HELP",
     "CheckpointNotFoundError",
     "atomic_write",
@@ -35,7 +36,7 @@ How to obtain the checkpoints:
     and place `<dir>/single_task/<model>` at `<model_location>/<model>` (model_location defaults to
     `models/checkpoints`). Saved TALL masks are in the same repository under `tall_masks/<model>/`,
     and the zero-shot heads beside the checkpoints (`<model_location>/<model>/head_<Dataset>Val.pt`).
-  * Or try the merge engine offline on synthetic checkpoints: `make demo`."""
+  * Or try the whole pipeline offline on a tiny CLIP and synthetic tasks: `make demo` (`model=demo`)."""
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -85,6 +86,19 @@ def zeroshot_checkpoint_path(model_location: PathLike, model: str, dataset: str 
         / f"{dataset_base_name(dataset)}Val"
         / "nonlinear_zeroshot.pt"
     )
+
+
+def find_zeroshot_checkpoint(model_location: PathLike, model: str, datasets: Sequence[str] = ()) -> Path:
+    """The zero-shot checkpoint a run uses: ``MNISTVal``'s (the published convention), else the first existing one
+    of ``datasets`` (models whose tasks exclude MNIST, like the demo). When none exists, the path to report:
+    MNIST's when it is one of the tasks (or none are given), else the first task's."""
+    names = ["MNIST", *(dataset_base_name(d) for d in datasets)]
+    for name in dict.fromkeys(names):
+        path = zeroshot_checkpoint_path(model_location, model, name)
+        if path.is_file():
+            return path
+    expected = "MNIST" if not datasets or "MNIST" in names[1:] else names[1]
+    return zeroshot_checkpoint_path(model_location, model, expected)
 
 
 def head_path(model_location: PathLike, model: str, dataset: str) -> Path:

@@ -12,6 +12,7 @@ from types import MappingProxyType
 from torch.utils.data import Dataset, Subset
 
 from .datasets import ALL_SOURCES, DatasetSource
+from .datasets.synthetic import SYNTHETIC_TASKS
 from .splits import MAX_VAL_SAMPLES, SEED, VAL_FRACTION, split_train_val
 from .task_dataset import TaskDataset
 from .templates import base_name, classnames, rule_classnames
@@ -24,12 +25,32 @@ BENCHMARK_DATASETS: tuple[str, ...] = (
     "KMNIST",
 )
 
+#: Task lists a model config can name (``benchmark:`` in ``config/model/<name>.yaml``): ``num_tasks=T`` means the
+#: first T of its list. ``paper``: the 20 datasets of the paper; ``synthetic``: the generated tasks of the demo.
+BENCHMARKS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {"paper": BENCHMARK_DATASETS, "synthetic": SYNTHETIC_TASKS})
+
 REGISTRY: Mapping[str, DatasetSource] = MappingProxyType({s.name: s for s in ALL_SOURCES})
 
 
-def task_list(num_tasks: int | None = None, datasets: Sequence[str] | None = None) -> list[str]:
+def benchmark_tasks(benchmark: str = "paper") -> tuple[str, ...]:
+    """The task list named ``benchmark`` (see :data:`BENCHMARKS`)."""
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; valid: {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[benchmark]
+
+
+def is_benchmark_prefix(datasets: Sequence[str]) -> bool:
+    """Whether ``datasets`` are the first T tasks of a benchmark (named ``<T>tasks`` in result files) rather than
+    an explicit list."""
+    names = tuple(datasets)
+    return bool(names) and any(names == tasks[: len(names)] for tasks in BENCHMARKS.values())
+
+
+def task_list(num_tasks: int | None = None, datasets: Sequence[str] | None = None,
+              benchmark: str = "paper") -> list[str]:
     """The tasks of a run: ``datasets`` if given (validated; ``num_tasks`` is then ignored, as in the published
-    code), else the first ``num_tasks`` (default all 20) of :data:`BENCHMARK_DATASETS`."""
+    code), else the first ``num_tasks`` (default: all) of the benchmark's list (:data:`BENCHMARKS`)."""
     if datasets is not None:
         names = list(datasets)
         for name in names:
@@ -40,10 +61,11 @@ def task_list(num_tasks: int | None = None, datasets: Sequence[str] | None = Non
         if not names:
             raise ValueError("The dataset list is empty")
         return names
-    n = len(BENCHMARK_DATASETS) if num_tasks is None else num_tasks
-    if not isinstance(n, int) or not 1 <= n <= len(BENCHMARK_DATASETS):
-        raise ValueError(f"num_tasks must be an integer in 1..{len(BENCHMARK_DATASETS)}, got {num_tasks!r}")
-    return list(BENCHMARK_DATASETS[:n])
+    tasks = benchmark_tasks(benchmark)
+    n = len(tasks) if num_tasks is None else num_tasks
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(tasks):
+        raise ValueError(f"num_tasks must be an integer in 1..{len(tasks)}, got {num_tasks!r}")
+    return list(tasks[:n])
 
 
 def get_dataset(
@@ -116,7 +138,8 @@ def default_num_workers() -> int:
 def _source(name: str) -> DatasetSource:
     base = base_name(name)
     if base not in REGISTRY:
-        raise ValueError(f"Unknown dataset {name!r}; valid names: {', '.join(BENCHMARK_DATASETS)} (optionally + 'Val')")
+        raise ValueError(f"Unknown dataset {name!r}; valid names: {', '.join(BENCHMARK_DATASETS)}, and the "
+                         f"synthetic demo tasks {', '.join(SYNTHETIC_TASKS)} (optionally + 'Val')")
     return REGISTRY[base]
 
 

@@ -1,6 +1,8 @@
-"""Zero-shot prompt templates and class names of the 20 benchmark datasets.
+"""Zero-shot prompt templates and class names of the 20 benchmark datasets and of the synthetic demo tasks.
 
-The data lives in the package file ``classnames_templates.json`` (a copy of the published experiments' prompts). Some
+The benchmark's data lives in the package file ``classnames_templates.json`` (a copy of the published experiments'
+prompts, kept verbatim); the synthetic tasks' class names and templates are defined next to their generator
+(``datasets/synthetic.py``) and merged in, so that one table answers for every registered dataset. Some
 class names are listed there; the others are derived by a named rule (``classname_rules``) from the dataset's own
 class list: :func:`classnames` returns those that need no files on disk, :func:`rule_classnames` applies a rule to a
 dataset's raw class list (folder names, torchvision ``.classes``).
@@ -17,6 +19,8 @@ from types import MappingProxyType
 from typing import Any
 
 from torchvision.datasets import EMNIST, KMNIST, FashionMNIST
+
+from .datasets.synthetic import SYNTHETIC_CLASSNAMES, SYNTHETIC_TEMPLATES
 
 # Class lists torchvision defines as constants (no files needed), per classname_rules "torchvision X .classes".
 _TORCHVISION_CONSTANT_CLASSES: Mapping[str, tuple[str, ...]] = MappingProxyType(
@@ -37,7 +41,10 @@ def base_name(name: str) -> str:
 @lru_cache(maxsize=1)
 def _table() -> dict[str, Any]:
     text = resources.files("tsvmerge.data").joinpath("classnames_templates.json").read_text(encoding="utf-8")
-    return json.loads(text)
+    table = json.loads(text)
+    table["templates"].update({name: list(ts) for name, ts in SYNTHETIC_TEMPLATES.items()})
+    table["classnames"].update({name: list(cs) for name, cs in SYNTHETIC_CLASSNAMES.items()})
+    return table
 
 
 def templates(name: str) -> list[str]:

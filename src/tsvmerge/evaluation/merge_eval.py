@@ -105,7 +105,7 @@ def build_eval_data(spec: ModelSpec, datasets: list[str], preprocess: Any, *, da
 def _preflight(settings: RunSettings) -> tuple[Path, list[Path], dict[str, float], Path | None]:
     spec, loc, datasets = settings.model, settings.model_location, settings.datasets
     check = Preflight(f"{settings.method} on {spec.name} ({settings.num_tasks} tasks)")
-    zeroshot = check.zeroshot(loc, spec.name)
+    zeroshot = check.zeroshot(loc, spec.name, datasets)
     finetuned = [] if settings.method == "zeroshot" else check.finetuned(loc, spec.name, datasets)
     mask_file = _mask_file(settings, check)
     check.heads(spec, loc, datasets)

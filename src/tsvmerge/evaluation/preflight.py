@@ -12,10 +12,10 @@ from pathlib import Path
 
 from ..checkpoints.paths import (
     CHECKPOINT_HELP,
+    find_zeroshot_checkpoint,
     finetuned_checkpoint_path,
     head_path,
     tall_mask_paths,
-    zeroshot_checkpoint_path,
 )
 from ..data.errors import DatasetNotFoundError
 from ..data.registry import REGISTRY
@@ -26,8 +26,8 @@ __all__ = ["OFFLINE_DEMO_HELP", "MissingInputsError", "Preflight", "dataset_prob
 
 #: How to try the code without downloads (printed with every missing-inputs error).
 OFFLINE_DEMO_HELP = (
-    "To try the code offline without any download, `make demo` merges synthetic checkpoints with every method; "
-    "the evaluation pipeline itself is exercised end to end on tiny models by `pytest tests/evaluation`."
+    "To try the whole pipeline offline without any download, `make demo` (or `python demo.py`) pre-trains a tiny "
+    "CLIP on synthetic tasks, fine-tunes it per task and merges it with every method (`model=demo`, docs/demo.md)."
 )
 
 
@@ -48,8 +48,8 @@ class Preflight:
         if not path.is_file():
             self.checkpoints.append(path)
 
-    def zeroshot(self, model_location: str | Path, model: str) -> Path:
-        path = zeroshot_checkpoint_path(model_location, model)
+    def zeroshot(self, model_location: str | Path, model: str, datasets: Sequence[str] = ()) -> Path:
+        path = find_zeroshot_checkpoint(model_location, model, datasets)
         self.require_checkpoint(path)
         return path
 

@@ -74,7 +74,7 @@ def run_single_task(spec: ModelSpec, mode: FinetuningMode, datasets: Sequence[st
         raise ValueError(f"finetuning mode {mode!r}; valid: {', '.join(FINETUNING_MODES)}")
     datasets = list(datasets)
     check = Preflight(f"eval_single_task ({mode}) on {spec.name}")
-    zeroshot = check.zeroshot(model_location, spec.name) if mode == "none" else None
+    zeroshot = check.zeroshot(model_location, spec.name, datasets) if mode == "none" else None
     if zeroshot is not None and not zeroshot.is_file() and spec.pretrained:
         check.checkpoints.remove(zeroshot)  # the pre-trained weights themselves serve as θ0
         log.info("%s not found: using model.pretrained=%s as the zero-shot encoder", zeroshot, spec.pretrained)

@@ -45,7 +45,11 @@ class ModelSpec:
     ``pretrained``: an open_clip tag (``openai``) or a local weights file (a full CLIP state dict); used only for
     the weights that no checkpoint provides (the text tower of missing zero-shot heads, or the image encoder when
     no zero-shot checkpoint exists). ``open_clip_config``: an inline open_clip model config (``embed_dim``,
-    ``vision_cfg``, ``text_cfg``) registered under ``arch``.
+    ``vision_cfg``, ``text_cfg``) registered under ``arch``. ``benchmark``: the task list the model is used with
+    (``paper``: the 20 datasets of the paper; ``synthetic``: the demo's generated tasks), which ``num_tasks`` and
+    the default fine-tuning tasks refer to. ``finetuning``: overrides of the fine-tuning protocol for this model
+    (hyper-parameters of :class:`tsvmerge.training.protocol.Hyperparameters` and ``epochs: {Dataset: n}``), for
+    models that are not trained like the paper's CLIPs.
     """
 
     name: str
@@ -54,6 +58,8 @@ class ModelSpec:
     pretrained: str | None = None
     open_clip_config: Mapping[str, Any] | None = field(default=None, hash=False, compare=False)
     cache_dir: str | None = None
+    benchmark: str = "paper"
+    finetuning: Mapping[str, Any] | None = field(default=None, hash=False, compare=False)
 
     @property
     def architecture(self) -> str:

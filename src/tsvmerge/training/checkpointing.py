@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints.paths import finetuned_checkpoint_path, zeroshot_checkpoint_path
+from ..checkpoints.paths import find_zeroshot_checkpoint, finetuned_checkpoint_path, zeroshot_checkpoint_path
 from ..checkpoints.state_dict import save_state_dict
 
 __all__ = [
@@ -46,8 +46,8 @@ def intermediate_checkpoint_path(model_location: str | Path, model: str, dataset
 def initial_weights_file(model_location: str | Path, model: str, dataset: str) -> Path | None:
     """An existing zero-shot checkpoint to start from: the task's own, else ``MNISTVal``'s (all are identical);
     None when there is none (the weights then come from ``model.pretrained``)."""
-    for path in (zeroshot_checkpoint_path(model_location, model, dataset), zeroshot_checkpoint_path(model_location,
-                                                                                                    model)):
+    for path in (zeroshot_checkpoint_path(model_location, model, dataset),
+                 find_zeroshot_checkpoint(model_location, model)):
         if path.is_file():
             return path
     return None

@@ -5,15 +5,16 @@ image encoder is trained and the zero-shot head frozen; AdamW (lr 1e-5, weight d
 label smoothing), cosine schedule with 500 warm-up steps, gradient clipping at norm 1, batch 128 (ViT-L-14: 64 with 2
 accumulation steps), on the training part of ``<Dataset>Val``, for the number of epochs of :data:`EPOCHS`.
 
-Models that are not part of the benchmark (e.g. a synthetic demo model) override the default task list with
-:func:`register_default_tasks` and the epochs of their own datasets with :func:`register_epochs`.
+Models trained differently (the tiny demo CLIP) override these settings and the epochs of their own datasets in the
+``finetuning:`` section of their model config; their default task list is their ``benchmark:``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
+from typing import Any
 
 __all__ = [
     "EPOCHS",
@@ -21,8 +22,7 @@ __all__ = [
     "default_epochs",
     "default_hyperparameters",
     "default_tasks",
-    "register_default_tasks",
-    "register_epochs",
+    "check_protocol_overrides",
 ]
 
 #: Epochs per dataset in the published fine-tuning script (about 2000 optimizer steps of batch 128 each).
@@ -81,52 +81,57 @@ class Hyperparameters:
             raise ValueError("; ".join(problems))
 
 
-def default_hyperparameters(model: str, arch: str | None = None, **overrides: object) -> Hyperparameters:
-    """The published settings for ``model`` (its config name; ``arch`` its open_clip architecture), with
-    ``overrides`` (None values ignored) applied."""
+def default_hyperparameters(model: str, arch: str | None = None, protocol: Mapping[str, Any] | None = None,
+                            **overrides: object) -> Hyperparameters:
+    """The published settings for ``model`` (its config name; ``arch`` its open_clip architecture), then the
+    model config's own ``protocol`` (``finetuning:`` of ``config/model/<name>.yaml``), then ``overrides`` (None
+    values ignored: the command line)."""
     base = Hyperparameters()
     for name in (model, arch):
         if name in _ACCUMULATING_MODELS:
             batch, accumulation = _ACCUMULATING_MODELS[name]
             base = replace(base, batch_size=batch, num_grad_accumulation=accumulation)
             break
+    own = {k: v for k, v in (protocol or {}).items() if k != "epochs"}
+    base = replace(base, **own)
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
-_TASK_LISTS: dict[str, Callable[[], Sequence[str]]] = {}
-_EPOCHS_BY_MODEL: dict[str, dict[str, int]] = {}
+_HYPERPARAMETER_TYPES: Mapping[str, type] = MappingProxyType(
+    {f.name: (int if f.type in ("int", int) else float) for f in fields(Hyperparameters)})
 
 
-def register_default_tasks(model: str) -> Callable[[Callable[[], Sequence[str]]], Callable[[], Sequence[str]]]:
-    """Decorator: ``fn() -> task names`` is the default task list of ``model`` (instead of the 20 benchmarks)."""
-
-    def decorate(fn: Callable[[], Sequence[str]]) -> Callable[[], Sequence[str]]:
-        _TASK_LISTS[model] = fn
-        return fn
-
-    return decorate
-
-
-def register_epochs(model: str, epochs: Mapping[str, int]) -> None:
-    """Default epochs of ``model``'s own datasets (consulted before :data:`EPOCHS`)."""
-    _EPOCHS_BY_MODEL.setdefault(model, {}).update({str(k): int(v) for k, v in epochs.items()})
-
-
-def default_tasks(model: str) -> list[str]:
-    """The tasks fine-tuned when none are given: the model's registered list, else the 20 benchmark datasets."""
-    if model in _TASK_LISTS:
-        return list(_TASK_LISTS[model]())
-    from ..data import BENCHMARK_DATASETS
-
-    return list(BENCHMARK_DATASETS)
+def check_protocol_overrides(protocol: Mapping[str, Any]) -> list[str]:
+    """Problems of a model config's ``finetuning:`` section (unknown keys, non-numbers, bad epochs)."""
+    problems = []
+    valid = [*_HYPERPARAMETER_TYPES, "epochs"]
+    for key, value in protocol.items():
+        if key == "epochs":
+            if not isinstance(value, Mapping) or not all(
+                    isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in value.values()):
+                problems.append(f"epochs must map dataset names to positive integers, got {value!r}")
+        elif key not in _HYPERPARAMETER_TYPES:
+            problems.append(f"unknown key {key!r}; valid keys: {', '.join(valid)}")
+        elif isinstance(value, bool) or not isinstance(value, int | float) or (
+                _HYPERPARAMETER_TYPES[key] is int and not isinstance(value, int)):
+            problems.append(f"{key} must be a{'n integer' if _HYPERPARAMETER_TYPES[key] is int else ' number'}, "
+                            f"got {value!r}")
+    return problems
 
 
-def default_epochs(dataset: str, model: str | None = None) -> int:
-    """Epochs of the published protocol for ``dataset`` (with or without the ``Val`` suffix)."""
+def default_tasks(benchmark: str = "paper") -> list[str]:
+    """The tasks fine-tuned when none are given: every task of the model's benchmark (the 20 datasets)."""
+    from ..data import benchmark_tasks
+
+    return list(benchmark_tasks(benchmark))
+
+
+def default_epochs(dataset: str, model_epochs: Mapping[str, int] | None = None) -> int:
+    """Epochs for ``dataset`` (with or without the ``Val`` suffix): the model config's own ``epochs`` first, then
+    the published protocol."""
     base = dataset[: -len("Val")] if dataset.endswith("Val") else dataset
-    own = _EPOCHS_BY_MODEL.get(model or "", {})
-    if base in own:
-        return own[base]
+    if model_epochs and base in model_epochs:
+        return int(model_epochs[base])
     if base in EPOCHS:
         return EPOCHS[base]
     raise KeyError(f"no default number of epochs for dataset {dataset!r}; pass --epochs")

@@ -31,7 +31,12 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..checkpoints.paths import finetuned_checkpoint_path, single_task_accuracy_path, zeroshot_checkpoint_path
+from ..checkpoints.paths import (
+    find_zeroshot_checkpoint,
+    finetuned_checkpoint_path,
+    single_task_accuracy_path,
+    zeroshot_checkpoint_path,
+)
 from ..checkpoints.state_dict import open_state_dict
 from ..config import ConfigError
 from ..data import class_synonyms, get_dataset, templates
@@ -101,7 +106,8 @@ class FinetuneConfig:
     wandb: WandbSettings = field(default_factory=WandbSettings)
 
     def epochs_for(self, dataset: str) -> int:
-        return self.epochs if self.epochs is not None else default_epochs(dataset, self.model.name)
+        own = (self.model.finetuning or {}).get("epochs")
+        return self.epochs if self.epochs is not None else default_epochs(dataset, own)
 
     @property
     def timeout(self) -> datetime.timedelta:
@@ -163,7 +169,7 @@ def preflight(cfg: FinetuneConfig, model_files: bool = True) -> list[str]:
     check = Preflight(f"fine-tuning {spec.name} on {', '.join(pending)}")
     if model_files:
         if initial_weights_file(cfg.model_location, spec.name, pending[0]) is None:
-            where = zeroshot_checkpoint_path(cfg.model_location, spec.name)
+            where = find_zeroshot_checkpoint(cfg.model_location, spec.name, pending)
             if not spec.pretrained:
                 check.other.append(f"no zero-shot checkpoint ({where}) and no pre-trained weights (model.pretrained "
                                    "is null): nothing to start fine-tuning from")

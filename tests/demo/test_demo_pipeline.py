@@ -1,0 +1,83 @@
+"""The embedded demo end to end (reduced: 4 tasks, short pre-training and fine-tuning): the integration test of
+pre-training -> finetune.py -> eval_single_task.py -> main.py for every method -> summary table and chart."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tsvmerge.data import SYNTHETIC_TASKS
+
+REPO = Path(__file__).resolve().parents[2]
+METHODS = ("zeroshot", "average", "sum", "ties", "tall_mask", "consensus", "TSVM", "TSVC")
+
+
+def _demo(tmp: Path, *extra: str) -> str:
+    command = [sys.executable, "demo.py", "--quick", "--no-progress", f"--data-location={tmp / 'data'}",
+               f"--model-location={tmp / 'models' / 'checkpoints'}", f"--results-dir={tmp / 'results'}", *extra]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    tmp = tmp_path_factory.mktemp("demo")
+    return tmp, _demo(tmp)
+
+
+def test_every_step_leaves_its_files(demo_run: tuple[Path, str]) -> None:
+    tmp, out = demo_run
+    tasks = list(SYNTHETIC_TASKS[:4])
+    models = tmp / "models" / "checkpoints" / "demo"
+    assert (models / "pretrained_clip.safetensors").is_file()
+    for task in tasks:  # the published layout, written by finetune.py
+        assert (models / f"{task}Val" / "nonlinear_finetuned.pt").is_file()
+        assert (models / f"{task}Val" / "nonlinear_zeroshot.pt").is_file()
+        assert (models / f"head_{task}Val.pt").is_file()
+    accuracies = json.loads((tmp / "results" / "single_task" / "demo" / "nonlinear_ft_accuracies.json").read_text())
+    assert set(accuracies) == {*tasks, *(f"{t}Val" for t in tasks)}
+    results = {json.loads(p.read_text())["method"]: json.loads(p.read_text())
+               for p in (tmp / "results" / "merging").glob("*.json")}
+    assert set(results) == set(METHODS)
+    for method, payload in results.items():
+        assert payload["datasets"] == tasks and payload["model"] == "demo", method
+        assert 0.0 <= payload["test"]["avg_top1"] <= 1.0
+    for command in ("finetune.py --model=demo", "eval_single_task.py --model=demo", "main.py --multirun"):
+        assert command in out  # the entry points users run, printed before they run
+
+
+def test_summary_matches_the_result_files(demo_run: tuple[Path, str]) -> None:
+    tmp, out = demo_run
+    results = tmp / "results"
+    rows = list(csv.DictReader((results / "summary.csv").open()))
+    assert [r["method"] for r in rows] == ["zeroshot", "average", "sum", "ties", "consensus", "tall_mask", "TSVM",
+                                           "TSVC", "finetuned"]
+    ft = json.loads((results / "single_task" / "demo" / "nonlinear_ft_accuracies.json").read_text())
+    for row in rows:
+        if row["method"] == "finetuned":
+            assert float(row["avg_normalized_top1"]) == 1.0
+            assert float(row["avg_top1"]) == pytest.approx(sum(ft[t] for t in SYNTHETIC_TASKS[:4]) / 4)
+            continue
+        payload = json.loads(Path(row["source"]).read_text())
+        assert float(row["avg_top1"]) == pytest.approx(payload["test"]["avg_top1"])
+        assert float(row["avg_normalized_top1"]) == pytest.approx(payload["test"]["avg_normalized_top1"])
+    # The zero-shot row is the pre-trained model itself: the same number whatever α grid.
+    zeroshot = next(r for r in rows if r["method"] == "zeroshot")
+    assert float(zeroshot["avg_top1"]) > 0.1 + 1e-9  # better than chance (10 classes): genuinely pre-trained
+    assert (results / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (results / "summary.md").read_text()
+    assert "| TSV-M |" in markdown and "| Fine-tuned" in markdown
+    assert markdown.split("\n\n", 1)[1] in out  # the table printed at the end
+
+
+def test_rerun_reuses_what_is_cached(demo_run: tuple[Path, str]) -> None:
+    tmp, _ = demo_run
+    out = _demo(tmp)
+    assert "(cached)" in out and "merge results: all cached" in out
+    assert "pre-training the demo CLIP" not in out and "Launching" not in out
