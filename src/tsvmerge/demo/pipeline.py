@@ -143,11 +143,14 @@ def run_demo(plan: DemoPlan) -> dict[str, object]:
     else:
         print("\n==> merge results: all cached", flush=True)
 
-    # 6. (optional) The paper's analyses on the demo checkpoints.
+    # 6. (optional) The paper's analyses on the demo checkpoints, and the Table 2-style report.
     if plan.analyses:
         analyze = [*python, "analyze.py", "--multirun", f"analysis={','.join(plan.analyses)}",
                    *[a for a in hydra_common if not a.startswith("n_eval_points")]]
         timings["analyses_s"] = _run(analyze, f"analyses: {', '.join(plan.analyses)}")
+        report = [*python, "report.py", f"--results-dir={plan.results_dir}",
+                  f"--out={plan.results_dir / 'report'}"]
+        timings["report_s"] = _run(report, "Table 2-style report and radar chart of every result file")
 
     # 7. Table and chart.
     rows = summarize(plan.results_dir, plan.model, tasks)

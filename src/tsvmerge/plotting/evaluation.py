@@ -50,9 +50,10 @@ def plot_alpha_heatmap(sweep: Mapping[str, Any], path: str | Path, *, title: str
 
     methods = list(sweep["methods"].items())
     rows = []
-    widths = [max(4.0, 0.42 * len(m["alphas"]) + 2.2) for _, m in methods]
+    # Panels grow with the grid up to a readable size (a 30-point grid would otherwise be a banner).
+    widths = [min(7.0, max(4.0, 0.42 * len(m["alphas"]) + 2.2)) for _, m in methods]
     nsub = max(len(m["subsets"]) for _, m in methods)
-    with figure(1, len(methods), figsize=(sum(widths) + 1.2, 0.55 * nsub + 2.6), squeeze=False,
+    with figure(1, len(methods), figsize=(sum(widths) + 1.2, max(3.4, 0.55 * nsub + 2.6)), squeeze=False,
                 layout="constrained", gridspec_kw={"width_ratios": widths}) as (fig, axes):
         values_all = [100 * v for _, m in methods for s in m["subsets"] for v in s["avg_normalized_top1"]]
         vmin, vmax = (min(values_all), max(values_all)) if values_all else (0, 100)

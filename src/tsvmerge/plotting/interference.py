@@ -149,6 +149,10 @@ def plot_sti_vs_accuracy(points: Sequence[Mapping[str, Any]], path: str | Path, 
                 scale = "symmetric log scale"
             else:
                 scale = "linear"
+            low, high = ax.get_ylim()  # at least 2 points of accuracy: tiny differences must look tiny
+            if high - low < 2.0:
+                mid = (low + high) / 2
+                ax.set_ylim(mid - 1.0, mid + 1.0)
             ax.legend(loc="best")
         else:
             scale = "log scale"
