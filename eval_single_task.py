@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="ViT-B-32", help="model config name: config/model/<name>.yaml")
     parser.add_argument("--finetuning-mode", choices=("none", "standard"), default="standard",
                         help="none: the zero-shot encoder; standard: each task's fine-tuned encoder")
-    parser.add_argument("--datasets", nargs="+", metavar="NAME", help="datasets to evaluate (default: every task of the model's benchmark: the 20 datasets)")
+    parser.add_argument("--datasets", nargs="+", metavar="NAME",
+                        help="datasets to evaluate (default: every task of the model's benchmark)")
     parser.add_argument("--train-dataset", help="same as --datasets, comma-separated (published spelling)")
     parser.add_argument("--num-tasks", type=int, help="the first N tasks of the model's benchmark list")
     parser.add_argument("--model-location", type=Path, default=Path("models/checkpoints"))

@@ -8,6 +8,7 @@ from tsvmerge.checkpoints import (
     CHECKPOINT_HELP,
     CheckpointNotFoundError,
     atomic_write,
+    find_zeroshot_checkpoint,
     finetuned_checkpoint_path,
     head_path,
     single_task_accuracy_path,
@@ -74,3 +75,19 @@ def test_atomic_write_failure_keeps_old_file_and_no_temp(tmp_path):
         atomic_write(target, broken)
     assert target.read_bytes() == b"old"
     assert [p.name for p in target.parent.iterdir()] == ["f.bin"]
+
+
+def test_zeroshot_checkpoint_prefers_mnist_then_any_task(tmp_path: Path) -> None:
+    # Nothing on disk: the path to report is MNISTVal's when MNIST is a task (the published convention)...
+    assert find_zeroshot_checkpoint(tmp_path, "m", ["Cars", "MNIST"]) == zeroshot_checkpoint_path(tmp_path, "m")
+    # ... else the first task's (a model whose benchmark has no MNIST, like the demo).
+    assert find_zeroshot_checkpoint(tmp_path, "m", ["Digits", "Shapes"]) == zeroshot_checkpoint_path(
+        tmp_path, "m", "Digits")
+    shapes = zeroshot_checkpoint_path(tmp_path, "m", "Shapes")
+    shapes.parent.mkdir(parents=True)
+    shapes.write_bytes(b"x")
+    assert find_zeroshot_checkpoint(tmp_path, "m", ["Digits", "Shapes"]) == shapes  # any existing copy serves
+    mnist = zeroshot_checkpoint_path(tmp_path, "m")
+    mnist.parent.mkdir(parents=True)
+    mnist.write_bytes(b"x")
+    assert find_zeroshot_checkpoint(tmp_path, "m", ["Digits", "Shapes"]) == mnist
