@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
+    add("--model", default="demo", help="model config (config/model/<name>.yaml) with `benchmark: synthetic`")
     add("--num-tasks", type=int, help="the first N synthetic tasks (default 8; --quick: 4)")
     add("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
         help=f"merge methods (config/method/<name>.yaml; default: {' '.join(DEFAULT_METHODS)})")
@@ -50,15 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.pretrain_steps or (60 if quick else PretrainSettings.steps)
     analyses = () if args.analyses is None else tuple(args.analyses or DEFAULT_ANALYSES)
     plan = DemoPlan(
-        num_tasks=args.num_tasks or (4 if quick else 8), methods=tuple(args.methods), analyses=analyses,
+        model=args.model, num_tasks=args.num_tasks or (4 if quick else 8), methods=tuple(args.methods),
+        analyses=analyses,
         data_location=args.data_location, model_location=args.model_location, results_dir=args.results_dir,
         pretrained=args.pretrained, pretrain=PretrainSettings(steps=steps, warmup_steps=min(30, steps // 5)),
         finetune_epochs=args.finetune_epochs, finetune_max_steps=args.finetune_max_steps or (20 if quick else None),
         n_eval_points=args.n_eval_points or (6 if quick else 31), force=args.force, progress=not args.no_progress,
     )
+    from tsvmerge.config import ConfigError
+
     try:
         run_demo(plan)
-    except RuntimeError as exc:
+    except (RuntimeError, ConfigError) as exc:
         print(f"demo.py: error: {exc}", file=sys.stderr)
         return 1
     return 0

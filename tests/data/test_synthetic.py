@@ -149,9 +149,14 @@ def test_templates_and_classnames() -> None:
 
 
 def _softmax_regression_accuracy(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> float:
-    """Multinomial logistic regression on standardized raw pixels, full-batch gradient descent."""
-    x, y = (train[0].reshape(len(train[0]), -1) / 255.0).astype(np.float32), train[1]
-    x_test = (test[0].reshape(len(test[0]), -1) / 255.0).astype(np.float32)
+    """Multinomial logistic regression on standardized raw pixels (2×2-averaged, for speed), full-batch gradient
+    descent."""
+
+    def features(images: np.ndarray) -> np.ndarray:
+        pooled = (images.astype(np.float32) / 255.0).reshape(len(images), 16, 2, 16, 2, 3).mean((2, 4))
+        return pooled.reshape(len(images), -1)
+
+    x, y, x_test = features(train[0]), train[1], features(test[0])
     mean, std = x.mean(0), x.std(0) + 1e-6
     x, x_test = (x - mean) / std, (x_test - mean) / std
     w, b = np.zeros((x.shape[1], 10), np.float32), np.zeros(10, np.float32)

@@ -87,6 +87,9 @@ def run_demo(plan: DemoPlan) -> dict[str, object]:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     spec = load_model_spec(plan.model, [REPO_ROOT / "config"])
+    if spec.benchmark != "synthetic" or not spec.pretrained:
+        raise RuntimeError(f"model {plan.model!r} is not a demo model: the demo needs `benchmark: synthetic` and a "
+                           "`pretrained` file name in its config (see config/model/demo.yaml)")
     tasks = task_list(plan.num_tasks, benchmark=spec.benchmark)
     pretrained = plan.pretrained or plan.model_location / plan.model / Path(str(spec.pretrained)).name
     python = [plan.python]
