@@ -35,13 +35,14 @@ def resolve_subsets(subsets: Any, benchmark: str = "paper") -> list[tuple[str, l
         items = [(None, s) for s in subsets]
     else:
         raise ConfigError(f"analysis.subsets must be a list (or mapping) of task counts / task lists, got {subsets!r}")
+    available = len(benchmark_tasks(benchmark))
     out = []
     for label, subset in items:
         try:
             if isinstance(subset, int) and not isinstance(subset, bool):
-                if subset > len(benchmark_tasks(benchmark)):
+                if subset > available:
                     log.warning("skipping the subset of %d tasks: the %s benchmark has %d", subset, benchmark,
-                                len(benchmark_tasks(benchmark)))
+                                available)
                     continue
                 datasets = task_list(num_tasks=subset, benchmark=benchmark)
                 label = label or f"{subset} tasks"

@@ -95,7 +95,7 @@ def open_task_vectors(settings: RunSettings, datasets: Sequence[str] | None = No
 
     datasets = list(settings.datasets if datasets is None else datasets)
     check = Preflight(f"analysis on {settings.model.name} ({len(datasets)} tasks)")
-    zeroshot = check.zeroshot(settings.model_location, settings.model.name, settings.datasets)
+    zeroshot = check.zeroshot(settings.model_location, settings.model.name, datasets)
     finetuned = check.finetuned(settings.model_location, settings.model.name, datasets)
     check.raise_if_missing()
     return TaskVectors(open_state_dict(zeroshot), [open_state_dict(p) for p in finetuned], names=datasets,

@@ -45,6 +45,7 @@ __all__ = [
     "check_compatible",
     "checkpoint_format",
     "dataset_base_name",
+    "find_zeroshot_checkpoint",
     "finetuned_checkpoint_path",
     "head_path",
     "legacy_module_allow_list",
@@ -56,6 +57,5 @@ __all__ = [
     "save_tall_masks",
     "single_task_accuracy_path",
     "tall_mask_paths",
-    "find_zeroshot_checkpoint",
     "zeroshot_checkpoint_path",
 ]

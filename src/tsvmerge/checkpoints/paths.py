@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = [
-    "find_zeroshot_checkpoint",
     "CHECKPOINT_HELP",
     "CheckpointNotFoundError",
     "atomic_write",
     "dataset_base_name",
+    "find_zeroshot_checkpoint",
     "finetuned_checkpoint_path",
     "head_path",
     "require_file",

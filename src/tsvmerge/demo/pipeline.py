@@ -10,6 +10,7 @@ it depends on changed; ``force=True`` re-evaluates.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shlex
 import subprocess
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..analysis.report import collect_results
 from ..checkpoints.paths import finetuned_checkpoint_path, single_task_accuracy_path
 from ..config import load_model_spec
 from ..data import task_list
@@ -94,8 +96,7 @@ def run_demo(plan: DemoPlan) -> dict[str, object]:
     pretrained = plan.pretrained or plan.model_location / plan.model / Path(str(spec.pretrained)).name
     python = [plan.python]
     common = [f"--model={plan.model}", f"--model-location={plan.model_location}",
-              f"--data-location={plan.data_location}", f"--results-dir={plan.results_dir}",
-              f"--pretrained={pretrained}"]
+              f"--data-location={plan.data_location}", f"--results-dir={plan.results_dir}"]
     quiet = [] if plan.progress else ["--no-progress"]
 
     # 1. The synthetic tasks (generated once, cached under the data location).
@@ -115,8 +116,8 @@ def run_demo(plan: DemoPlan) -> dict[str, object]:
     timings["pretrain_s"] = time.perf_counter() - tick
 
     # 3. Fine-tuning, one checkpoint per task in the published layout (tasks already fine-tuned are skipped).
-    finetune = [*python, "finetune.py", *common, f"--train-dataset={','.join(tasks)}", "--no-eval",
-                "--num-workers=0", *quiet]
+    finetune = [*python, "finetune.py", *common, f"--pretrained={pretrained}", f"--train-dataset={','.join(tasks)}",
+                "--no-eval", "--num-workers=0", *quiet]
     if plan.finetune_epochs is not None:
         finetune.append(f"--epochs={plan.finetune_epochs}")
     if plan.finetune_max_steps is not None:
@@ -127,7 +128,7 @@ def run_demo(plan: DemoPlan) -> dict[str, object]:
     # 4. Single-task accuracies of the fine-tuned models: the denominators of normalized accuracy.
     accuracies = single_task_accuracy_path(plan.results_dir, plan.model)
     if plan.force or not _newer_than(accuracies, checkpoints) or not _has_keys(accuracies, tasks):
-        evaluate = [*python, "eval_single_task.py", *common[:-1], "--finetuning-mode=standard",
+        evaluate = [*python, "eval_single_task.py", *common, "--finetuning-mode=standard",
                     f"--train-dataset={','.join(tasks)}", "--num-workers=0", *quiet]
         timings["single_task_s"] = _run(evaluate, "evaluating each fine-tuned model on its own task")
     else:
@@ -139,7 +140,8 @@ def run_demo(plan: DemoPlan) -> dict[str, object]:
                     f"model.pretrained={pretrained}", f"n_eval_points={plan.n_eval_points}", "num_workers=0",
                     f"progress={str(plan.progress).lower()}",
                     f"hydra.sweep.dir={plan.results_dir / 'runs'}/${{now:%Y-%m-%d_%H-%M-%S}}"]
-    todo = [m for m in plan.methods if plan.force or not _method_is_fresh(plan, m, tasks, [accuracies, *checkpoints])]
+    fresh = set() if plan.force else _fresh_methods(plan, tasks, [accuracies, *checkpoints])
+    todo = [m for m in plan.methods if m not in fresh]
     if todo:
         merge = [*python, "main.py", "--multirun", f"method={','.join(todo)}", *hydra_common]
         timings["merge_eval_s"] = _run(merge, f"merging and evaluating: {', '.join(todo)}")
@@ -168,8 +170,6 @@ def run_demo(plan: DemoPlan) -> dict[str, object]:
 
 
 def _has_keys(path: Path, tasks: Sequence[str]) -> bool:
-    import json
-
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -177,15 +177,11 @@ def _has_keys(path: Path, tasks: Sequence[str]) -> bool:
     return all(k in data for t in tasks for k in (t, f"{t}Val"))
 
 
-def _method_is_fresh(plan: DemoPlan, method: str, tasks: Sequence[str], inputs: Sequence[Path]) -> bool:
-    """A result of ``method`` on these tasks newer than the checkpoints and the accuracy file."""
-    from ..analysis.report import collect_results
-
+def _fresh_methods(plan: DemoPlan, tasks: Sequence[str], inputs: Sequence[Path]) -> set[str]:
+    """The methods with a result on these tasks newer than the checkpoints and the accuracy file."""
     folder = plan.results_dir / "merging"
     if not folder.is_dir():
-        return False
-    for record in collect_results(folder):
-        if (record.method == method and record.model == plan.model and list(record.datasets) == list(tasks)
-                and "lambda" not in record.suffix and _newer_than(record.path, inputs)):
-            return True
-    return False
+        return set()
+    return {record.method for record in collect_results(folder)
+            if record.model == plan.model and list(record.datasets) == list(tasks)
+            and "lambda" not in record.suffix and _newer_than(record.path, inputs)}
