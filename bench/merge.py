@@ -21,6 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+import tsvmerge  # noqa: F401  (before torch: it sets torch's CPU allocator options)
+
+# isort: split
 import torch
 
 DEFAULT_CACHE = Path(os.environ.get("TSVMERGE_BENCH_CACHE", Path(__file__).resolve().parent.parent / ".bench_cache"))

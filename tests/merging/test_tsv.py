@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tsvmerge.merging.svd import polar_factor
+from tsvmerge.merging.svd import gram_polar_factor, polar_factor
 from tsvmerge.merging.tsv import (
     mean_of_tasks,
     orthogonalize,
@@ -68,6 +68,32 @@ def test_procrustes_is_the_nearest_orthonormal_matrix():
 def test_polar_factor_tall_path_equals_direct_svd():
     A = torch.randn(300, 40, dtype=torch.float64)
     assert torch.allclose(polar_factor(A), ref.procrustes(A), atol=1e-10)
+
+
+def _concatenated_bases(rows: int, num_tasks: int, k: int, *, overlap: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """T orthonormal k-column blocks side by side, like TSV-M's Û; ``overlap`` tilts block 1 onto block 0."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = [torch.linalg.qr(torch.randn(rows, k, generator=g))[0] for _ in range(num_tasks)]
+    blocks[1] = torch.linalg.qr((1 - overlap) * blocks[1] + overlap * blocks[0])[0]
+    return torch.cat(blocks, dim=1)
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.5, 0.95])
+def test_polar_factor_float32_tall_inputs_match_float64(overlap):
+    """Tall inputs take the Gram route when well conditioned and QR + SVD otherwise: both to ~1e-5."""
+    U = _concatenated_bases(1200, 8, 40, overlap=overlap)
+    assert ref.relative_error(polar_factor(U), ref.procrustes(U.double())) < 1e-5
+
+
+def test_gram_polar_factor_is_close_and_finite_on_square_ill_conditioned_inputs():
+    """The randomized mode's Procrustes: exact on well-conditioned inputs, bounded on square ones."""
+    tall = _concatenated_bases(1200, 8, 40)
+    assert ref.relative_error(gram_polar_factor(tall), ref.procrustes(tall.double())) < 1e-5
+    square = _concatenated_bases(320, 8, 40, overlap=0.9)  # cond ~ 10^3 and more
+    P = gram_polar_factor(square)
+    assert torch.isfinite(P).all()
+    assert ref.relative_error(P, ref.procrustes(square.double())) < 0.1
+    assert ref.relative_error(gram_polar_factor(square.T), ref.procrustes(square.double()).T) < 0.1
 
 
 def test_whitening_matches_its_definition_and_equals_procrustes():

@@ -286,7 +286,7 @@ class _TaskSingularVectorsMerge(MergeMethod):
         k = min(rows, cols) if self.full_rank else components_per_task(rows, cols, entry.num_tasks)
         tsv = task_singular_vectors(entry.deltas(entry.changed), k, "full" if self.full_rank else self.svd,
                                     num_tasks=entry.num_tasks, all_nonzero=True)
-        merged = orthogonalize(tsv, self.orthogonalization)
+        merged = orthogonalize(tsv, self.orthogonalization, approximate=self.svd == "randomized")
         if self.report_sti:
             self._sti[entry.key] = {"before": singular_task_interference(tsv),
                                     "after": singular_task_interference(merged)}

@@ -10,16 +10,25 @@ triplets ``(U [T, m, k], s [T, k], Vh [T, k, n])`` in descending order.
                     than k (k + max(16, k/4)), a Rayleigh--Ritz step on the original matrix restores full precision,
                     and every result is checked against its residual; matrices that fail the check
                     (very fast spectral decay, near-degenerate gaps) fall back to ``full``.
-* ``randomized`` -- randomized subspace iteration (Halko et al. 2011) with oversampling and power
-                    iterations. Approximate (see ``RANDOMIZED_TOLERANCE``); cheaper than ``exact`` when
-                    k is small next to min(m, n), i.e. with many tasks or large layers.
+* ``randomized`` -- randomized range finder (Halko et al. 2011: k + 10 columns, one subspace
+                    iteration; bfloat16 products on CPUs that multiply bfloat16 natively) and a float32
+                    Rayleigh--Ritz step. Each task's rank-k truncation is near-optimal (see
+                    ``RANDOMIZED_TOLERANCE``); TSV-M then also takes its Procrustes factors through the
+                    Gram matrix (:func:`gram_polar_factor`). About 2.5x faster than ``exact`` for 8
+                    ViT-B-32 tasks on a 2-core CPU. The merged matrix is *not* close to the exact one
+                    entrywise: TSV-M's concatenated singular vectors are square and ill-conditioned
+                    (T·k = min(m, n)), so Procrustes turns a slightly different choice among nearly
+                    equivalent singular directions into a different rotation. Use it to explore; report
+                    numbers from ``exact``.
 
 When 2k ≥ n every mode computes the full SVD, which is then the cheapest exact route.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -28,14 +37,24 @@ from torch import Tensor
 SVDMode = Literal["exact", "full", "randomized"]
 SVD_MODES: tuple[str, ...] = ("exact", "full", "randomized")
 
-#: Documented accuracy of the randomized path: relative Frobenius error of a TSV-M merged matrix
-#: against the exact path is below this for task matrices whose spectrum decays at least like
-#: σ_j ∝ j^-0.7 (a slow decay; real task vectors are closer to low rank, where the error is far
-#: smaller). Checked in tests/merging/test_svd.py.
+#: Documented accuracy of the randomized path, per task matrix A and its randomized rank-k truncation
+#: Ã_k: ‖A − Ã_k‖_F ≤ ‖A − A_k‖_F + RANDOMIZED_TOLERANCE · ‖A‖_F, A_k the optimal truncation. Measured
+#: excess: ≤ 3 % of ‖A‖_F on nearly flat spectra (σ_j ∝ j^-0.3), ≤ 1 % from σ_j ∝ j^-0.7 on, ~0.1 %
+#: (the bfloat16 floor) on fast decay. Checked in tests/merging/test_svd.py.
 RANDOMIZED_TOLERANCE = 0.05
+
+# Oversampling and subspace iterations of the randomized solver (Halko et al.'s p = 10, one iteration).
+_RANDOMIZED_OVERSAMPLE = 10
+_RANDOMIZED_POWER_ITERS = 1
 
 # Residual bound of the certified ``exact`` solver, relative to the largest singular value.
 _EXACT_RESIDUAL_TOL = 2e-5
+
+# Smallest eigenvalue ratio of A^T A (i.e. 1 / cond(A)^2) for which the polar factor is taken from the
+# Gram matrix: float32 loses about eps * cond(A)^2, which is then at the level of the SVD route (~2e-6).
+_GRAM_POLAR_MIN_EIG_RATIO = 1e-2
+# Below this fraction of the largest eigenvalue, a float32 Gram eigenvalue is round-off.
+_GRAM_POLAR_EIG_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
@@ -48,7 +67,7 @@ class TruncatedSVD:
 
 
 def truncated_svd(A: Tensor, k: int, mode: SVDMode = "exact", *, oversample: int | None = None,
-                  power_iters: int = 3, generator: torch.Generator | None = None) -> TruncatedSVD:
+                  power_iters: int | None = None, generator: torch.Generator | None = None) -> TruncatedSVD:
     """Top-``k`` singular triplets of every matrix of the batch ``A`` ([T, m, n], m >= n)."""
     if A.ndim != 3:
         raise ValueError(f"expected a batch of matrices [T, m, n], got shape {tuple(A.shape)}")
@@ -62,7 +81,8 @@ def truncated_svd(A: Tensor, k: int, mode: SVDMode = "exact", *, oversample: int
     if mode == "exact":
         return _certified_svd(A, k)
     if mode == "randomized":
-        return _randomized_svd(A, k, oversample=oversample, power_iters=power_iters, generator=generator)
+        iters = _RANDOMIZED_POWER_ITERS if power_iters is None else power_iters
+        return _randomized_svd(A, k, oversample=oversample, power_iters=iters, generator=generator)
     raise ValueError(f"unknown SVD mode {mode!r}; choose one of {', '.join(SVD_MODES)}")
 
 
@@ -113,30 +133,86 @@ def _randomized_svd(A: Tensor, k: int, *, oversample: int | None, power_iters: i
     if k == 0:
         return _full_svd(A, 0)
     n = A.shape[-1]
-    q = min(n, k + (oversample if oversample is not None else max(10, k)))
+    q = min(n, k + (oversample if oversample is not None else _RANDOMIZED_OVERSAMPLE))
     # A fixed seed by default: a merge is a deterministic function of its checkpoints.
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    basis = torch.randn(A.shape[0], n, q, dtype=A.dtype, device="cpu", generator=generator).to(A.device)
+    omega = torch.randn(A.shape[0], n, q, dtype=A.dtype, device="cpu", generator=generator).to(A.device)
+    # The range finder only has to find a subspace, which bfloat16 does as well as float32 where the
+    # hardware multiplies bfloat16 natively (~4x the float32 rate); the projection B below is float32.
+    low = sketch_dtype(A.device, A.dtype)
+    A_low = A.to(low)
+
+    def orthonormal_range(X: Tensor) -> Tensor:
+        return torch.linalg.qr(X.to(A.dtype))[0]
+
+    Q = orthonormal_range(A_low @ omega.to(low))
     for _ in range(power_iters):
-        # Subspace iteration on AᵀA, re-orthonormalized in the small n x q space (cheap QR).
-        basis, _ = torch.linalg.qr(A.mT @ (A @ basis))
-    result, _ = _rayleigh_ritz(A, basis, k)
-    return result
+        # One subspace iteration, re-orthonormalized after each product so that the small singular
+        # directions survive the low-precision products.
+        W = orthonormal_range(A_low.mT @ Q.to(low))
+        Q = orthonormal_range(A_low @ W.to(low))
+    # Rayleigh--Ritz: the exact SVD of A restricted to span(Q); through B^T (LAPACK prefers tall).
+    Vb, s, Ubh = torch.linalg.svd(A.mT @ Q, full_matrices=False)
+    return TruncatedSVD(Q @ Ubh.mT[..., :k], s[..., :k], Vb.mT[..., :k, :])
+
+
+@functools.cache
+def _cpu_has_native_bfloat16() -> bool:
+    """AVX512-BF16 or AMX: bfloat16 matrix products at several times the float32 rate."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def sketch_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """Precision of the randomized range finder's products: bfloat16 where that is fast, else ``dtype``."""
+    if dtype == torch.float32 and device.type == "cpu" and _cpu_has_native_bfloat16():
+        return torch.bfloat16
+    return dtype
 
 
 def polar_factor(A: Tensor) -> Tensor:
     """Orthogonal Procrustes: the matrix with orthonormal columns nearest to ``A`` (Frobenius).
 
-    For ``A = P D Q^T`` it is ``P Q^T``; works on a single matrix or a batch.
+    For ``A = P D Q^T`` it is ``P Q^T``; works on a single matrix or a batch. Tall inputs (at least
+    twice as many rows as columns, e.g. an MLP's 3072-row side) are usually well conditioned, and for
+    them ``A (A^T A)^{-1/2}`` is as accurate as the SVD at less than half the cost; the Gram route is
+    taken only when the eigenvalues certify it (condition number of ``A`` at most
+    ``1 / sqrt(_GRAM_POLAR_MIN_EIG_RATIO)``), otherwise ``A = QR`` and the SVD of the small ``R``.
     """
     if A.shape[-2] < A.shape[-1]:
         return polar_factor(A.mT).mT
-    if A.shape[-2] > 2 * A.shape[-1]:
-        # A = QR first: LAPACK's SVD of the small square R is much cheaper than of A itself.
+    if A.shape[-2] >= 2 * A.shape[-1]:
+        eigvals, W = torch.linalg.eigh(A.mT @ A)
+        if bool((eigvals[..., 0] >= _GRAM_POLAR_MIN_EIG_RATIO * eigvals[..., -1]).all()):
+            return _times_inverse_sqrt(A, eigvals, W)
+        # LAPACK's SVD of the small square R is much cheaper than of A itself.
         Q, R = torch.linalg.qr(A)
         return Q @ polar_factor(R)
     P, _, Qh = torch.linalg.svd(A, full_matrices=False)
     return P @ Qh
+
+
+def gram_polar_factor(A: Tensor) -> Tensor:
+    """The polar factor through the Gram matrix, for every input: the ``randomized`` mode's Procrustes.
+
+    About twice as fast as :func:`polar_factor` on square inputs, but float32 loses ~eps * cond(A)^2:
+    on the square, ill-conditioned concatenations of TSV-M (cond ~ 10^3) that is a few percent of
+    the merged matrix, below the randomized SVD's own deviation. Eigenvalues under
+    ``_GRAM_POLAR_EIG_FLOOR`` times the largest are float32 noise and are raised to that floor
+    instead of being inverted.
+    """
+    if A.shape[-2] < A.shape[-1]:
+        return gram_polar_factor(A.mT).mT
+    eigvals, W = torch.linalg.eigh(A.mT @ A)
+    return _times_inverse_sqrt(A, eigvals.clamp_min(_GRAM_POLAR_EIG_FLOOR * eigvals[..., -1:]), W)
+
+
+def _times_inverse_sqrt(A: Tensor, eigvals: Tensor, eigvecs: Tensor) -> Tensor:
+    """``A (A^T A)^{-1/2}`` given the eigendecomposition of ``A^T A``."""
+    return A @ ((eigvecs * eigvals.rsqrt().unsqueeze(-2)) @ eigvecs.mT)
 
 
 def whitening(A: Tensor, eps: float = 1e-12) -> Tensor:

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .svd import SVDMode, TruncatedSVD, polar_factor, truncated_svd, whitening
+from .svd import SVDMode, TruncatedSVD, gram_polar_factor, polar_factor, truncated_svd, whitening
 
 Orthogonalization = Literal["procrustes", "whitening", "none"]
 
@@ -79,12 +79,18 @@ def task_singular_vectors(deltas: Tensor, k: int | None = None, svd: SVDMode = "
     return TaskSingularVectors(U_hat, parts.s.reshape(-1), V_hat, k)
 
 
-def orthogonalize(tsv: TaskSingularVectors, method: Orthogonalization = "procrustes") -> TaskSingularVectors:
-    """Decorrelate the concatenated singular vectors (Algorithm 1, lines 7-8)."""
+def orthogonalize(tsv: TaskSingularVectors, method: Orthogonalization = "procrustes", *,
+                  approximate: bool = False) -> TaskSingularVectors:
+    """Decorrelate the concatenated singular vectors (Algorithm 1, lines 7-8).
+
+    ``approximate`` (what ``svd="randomized"`` implies) takes every Procrustes polar factor through
+    the Gram matrix (:func:`gram_polar_factor`): about twice as fast, float32-approximate.
+    """
     if method == "none":
         return tsv
     if method == "procrustes":
-        return TaskSingularVectors(polar_factor(tsv.U), tsv.s, polar_factor(tsv.V), tsv.k)
+        polar = gram_polar_factor if approximate else polar_factor
+        return TaskSingularVectors(polar(tsv.U), tsv.s, polar(tsv.V), tsv.k)
     if method == "whitening":
         # SPEC: singular values sorted ascending (stable), vectors permuted alike, then whitened.
         s, order = torch.sort(tsv.s, stable=True)
@@ -99,7 +105,7 @@ def tsv_merge_matrix(deltas: Tensor, k: int | None = None, *, orthogonalization:
     tsv = task_singular_vectors(deltas, k, svd, num_tasks=num_tasks)
     if tsv.s.numel() == 0:  # no task changed this matrix, or k = 0
         return torch.zeros_like(deltas[0])
-    return orthogonalize(tsv, orthogonalization).reconstruct()
+    return orthogonalize(tsv, orthogonalization, approximate=svd == "randomized").reconstruct()
 
 
 def mean_of_tasks(deltas: Tensor) -> Tensor:
