@@ -153,3 +153,10 @@ def test_sign_ambiguity_does_not_change_the_result():
     deltas = ref.task_matrices(3, 30, 20, seed=9)
     flipped = [-d for d in deltas]
     assert ref.relative_error(tsv_merge_matrix(torch.stack(flipped)), -tsv_merge_matrix(torch.stack(deltas))) < 1e-5
+
+
+def test_gram_polar_factor_uses_the_known_orthonormal_blocks():
+    U = _concatenated_bases(600, 6, 30, overlap=0.5)
+    assert ref.relative_error(gram_polar_factor(U, block_size=30), gram_polar_factor(U)) < 1e-5
+    with pytest.raises(ValueError, match="blocks of 7"):
+        gram_polar_factor(U, block_size=7)

@@ -89,8 +89,11 @@ def orthogonalize(tsv: TaskSingularVectors, method: Orthogonalization = "procrus
     if method == "none":
         return tsv
     if method == "procrustes":
-        polar = gram_polar_factor if approximate else polar_factor
-        return TaskSingularVectors(polar(tsv.U), tsv.s, polar(tsv.V), tsv.k)
+        if approximate:
+            # Each task's k singular vectors are orthonormal: the Gram matrix's diagonal blocks are known.
+            return TaskSingularVectors(gram_polar_factor(tsv.U, tsv.k if tsv.k else None), tsv.s,
+                                       gram_polar_factor(tsv.V, tsv.k if tsv.k else None), tsv.k)
+        return TaskSingularVectors(polar_factor(tsv.U), tsv.s, polar_factor(tsv.V), tsv.k)
     if method == "whitening":
         # SPEC: singular values sorted ascending (stable), vectors permuted alike, then whitened.
         s, order = torch.sort(tsv.s, stable=True)
