@@ -77,6 +77,12 @@ def test_randomized_merge_keeps_the_merged_scale():
     assert ref.relative_error(fast, exact) < 1.0
 
 
+def test_randomized_without_subspace_iterations_still_returns_orthonormal_vectors():
+    A = torch.stack(ref.task_matrices(2, 200, 80, decay=1.0, seed=6))
+    fast = truncated_svd(A, 10, "randomized", power_iters=0)
+    assert torch.allclose(fast.U.mT @ fast.U, torch.eye(10).expand(2, 10, 10), atol=1e-5)
+
+
 def test_sketch_precision():
     assert sketch_dtype(torch.device("cpu"), torch.float64) == torch.float64
     assert sketch_dtype(torch.device("cpu"), torch.float32) in (torch.float32, torch.bfloat16)

@@ -153,6 +153,8 @@ def _randomized_svd(A: Tensor, k: int, *, oversample: int | None, power_iters: i
         # directions survive the low-precision products.
         W = orthonormal_range(A_low.mT @ Q.to(low))
         Q = orthonormal_range(A_low @ W.to(low))
+    if power_iters == 0:
+        Q = orthonormal_range(Q)  # Rayleigh--Ritz needs orthonormal columns to working precision
     # Rayleigh--Ritz: the exact SVD of A restricted to span(Q); through B^T (LAPACK prefers tall).
     Vb, s, Ubh = torch.linalg.svd((Q.mT @ A).mT, full_matrices=False)
     return TruncatedSVD(Q @ Ubh.mT[..., :k], s[..., :k], Vb.mT[..., :k, :])
