@@ -81,8 +81,7 @@ def truncated_svd(A: Tensor, k: int, mode: SVDMode = "exact", *, oversample: int
     if mode == "exact":
         return _certified_svd(A, k)
     if mode == "randomized":
-        iters = _RANDOMIZED_POWER_ITERS if power_iters is None else power_iters
-        return _randomized_svd(A, k, oversample=oversample, power_iters=iters, generator=generator)
+        return _randomized_svd(A, k, oversample=oversample, power_iters=power_iters, generator=generator)
     raise ValueError(f"unknown SVD mode {mode!r}; choose one of {', '.join(SVD_MODES)}")
 
 
@@ -98,13 +97,18 @@ def _rayleigh_ritz(A: Tensor, basis: Tensor, k: int) -> tuple[TruncatedSVD, Tens
     and the SVD of the small matrix ``Q^T A`` gives the triplets at full working precision.
     """
     Q, _ = torch.linalg.qr(A @ basis)
-    B = Q.mT @ A  # [T, q, n]
-    Ub, s, Vh = torch.linalg.svd(B, full_matrices=False)
-    U = Q @ Ub[..., :k]
-    s, Vh = s[..., :k], Vh[..., :k, :]
+    result = _svd_within_range(A, Q, k)
+    U, s, Vh = result.U, result.s, result.Vh
     # Residual of A v_j = s_j u_j, i.e. how much of A's action on v_j the subspace Q misses.
     residual = torch.linalg.vector_norm(A @ Vh.mT - U * s.unsqueeze(-2), dim=-2)
-    return TruncatedSVD(U, s, Vh), residual
+    return result, residual
+
+
+def _svd_within_range(A: Tensor, Q: Tensor, k: int) -> TruncatedSVD:
+    """Top-k triplets of ``Q Q^T A`` for ``Q`` with orthonormal columns: the SVD of the small ``Q^T A``,
+    taken through its transpose (LAPACK prefers tall), at full working precision."""
+    Vb, s, Ubh = torch.linalg.svd((Q.mT @ A).mT, full_matrices=False)
+    return TruncatedSVD(Q @ Ubh.mT[..., :k], s[..., :k], Vb.mT[..., :k, :])
 
 
 def _certified_svd(A: Tensor, k: int) -> TruncatedSVD:
@@ -128,12 +132,13 @@ def _certified_svd(A: Tensor, k: int) -> TruncatedSVD:
     return TruncatedSVD(U, s, Vh)
 
 
-def _randomized_svd(A: Tensor, k: int, *, oversample: int | None, power_iters: int,
+def _randomized_svd(A: Tensor, k: int, *, oversample: int | None, power_iters: int | None,
                     generator: torch.Generator | None) -> TruncatedSVD:
     if k == 0:
         return _full_svd(A, 0)
     n = A.shape[-1]
     q = min(n, k + (oversample if oversample is not None else _RANDOMIZED_OVERSAMPLE))
+    power_iters = _RANDOMIZED_POWER_ITERS if power_iters is None else power_iters
     # A fixed seed by default: a merge is a deterministic function of its checkpoints.
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     omega = torch.randn(A.shape[0], n, q, dtype=A.dtype, device="cpu", generator=generator).to(A.device)
@@ -155,9 +160,7 @@ def _randomized_svd(A: Tensor, k: int, *, oversample: int | None, power_iters: i
         Q = orthonormal_range(A_low @ W.to(low))
     if power_iters == 0:
         Q = orthonormal_range(Q)  # Rayleigh--Ritz needs orthonormal columns to working precision
-    # Rayleigh--Ritz: the exact SVD of A restricted to span(Q); through B^T (LAPACK prefers tall).
-    Vb, s, Ubh = torch.linalg.svd((Q.mT @ A).mT, full_matrices=False)
-    return TruncatedSVD(Q @ Ubh.mT[..., :k], s[..., :k], Vb.mT[..., :k, :])
+    return _svd_within_range(A, Q, k)  # Rayleigh--Ritz
 
 
 def _cholesky_orthonormal_basis(Y: Tensor, dtype: torch.dtype) -> Tensor:

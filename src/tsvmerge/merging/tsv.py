@@ -91,8 +91,8 @@ def orthogonalize(tsv: TaskSingularVectors, method: Orthogonalization = "procrus
     if method == "procrustes":
         if approximate:
             # Each task's k singular vectors are orthonormal: the Gram matrix's diagonal blocks are known.
-            return TaskSingularVectors(gram_polar_factor(tsv.U, tsv.k if tsv.k else None), tsv.s,
-                                       gram_polar_factor(tsv.V, tsv.k if tsv.k else None), tsv.k)
+            block = tsv.k or None
+            return TaskSingularVectors(gram_polar_factor(tsv.U, block), tsv.s, gram_polar_factor(tsv.V, block), tsv.k)
         return TaskSingularVectors(polar_factor(tsv.U), tsv.s, polar_factor(tsv.V), tsv.k)
     if method == "whitening":
         # SPEC: singular values sorted ascending (stable), vectors permuted alike, then whitened.
