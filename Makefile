@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The torch / torchvision pair must match (torchvision's compiled ops are built for one torch).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test demo demo-analyses bench clean
+.PHONY: venv test demo demo-analyses bench gpu-check clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,11 @@ demo-analyses: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/merge.py --model ViT-B-32 --tasks 8 --method TSVM
+
+# CUDA tests (tests/gpu, marker gpu) and the merge benchmark on the GPU, with a short report; without a GPU it says
+# so and succeeds.
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .bench_cache

@@ -10,8 +10,8 @@
     python analyze.py analysis=compression
     python analyze.py analysis=sti_accuracy
 
-Configuration: config/analyze.yaml (= config/config.yaml + config/analysis/<name>.yaml). Outputs go to
-<results_dir>/analysis/<model>/<analysis>/.
+Configuration: config/analyze.yaml (main.py's keys + config/analysis/<name>.yaml), on the schema of
+src/tsvmerge/config/schema.py. Outputs go to <results_dir>/analysis/<model>/<analysis>/.
 """
 
 from __future__ import annotations
@@ -22,28 +22,29 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from tsvmerge.config import ConfigError
-
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 
 
 @hydra.main(config_path="config", config_name="analyze", version_base=None)
 def main(cfg: DictConfig) -> None:
     from tsvmerge.analysis.commands import run_from_hydra
+    from tsvmerge.config import ConfigSource
 
-    run_from_hydra(cfg)
+    run_from_hydra(cfg, ConfigSource(CONFIG_DIR))
 
 
 def cli() -> None:
-    """Check the command line (unknown analyses / keys, listing the valid ones), then run Hydra."""
-    from tsvmerge.analysis.commands import check_analysis_overrides
+    """Check every job of the command line (analysis, its keys, main.py's keys), then run Hydra."""
+    from tsvmerge.analysis.commands import check_analysis_config
+    from tsvmerge.config import ConfigSource, check_command_line, register_configs
+    from tsvmerge.utils.entry_point import run_main
 
-    try:
-        check_analysis_overrides(sys.argv[1:], CONFIG_DIR)
-    except ConfigError as exc:
-        print(f"analyze.py: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    main()
+    register_configs()
+    code = run_main("analyze.py", lambda: check_command_line(sys.argv[1:], ConfigSource(CONFIG_DIR), "analyze",
+                                                             validate=check_analysis_config))
+    if code:
+        raise SystemExit(code)
+    raise SystemExit(run_main("analyze.py", main))
 
 
 if __name__ == "__main__":

@@ -7,65 +7,57 @@
     python demo.py --quick            # a reduced run (4 tasks, few steps): a smoke test
     python demo.py --methods sum TSVM --force
 
-Re-running reuses what is cached (data, pre-trained weights, checkpoints, result files). See docs/demo.md.
+Re-running reuses what is cached (data, pre-trained weights, checkpoints, result files). Every flag sets a key of
+config/demo.yaml (types and defaults: src/tsvmerge/config/schema.py, DemoSchema). See docs/demo.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tsvmerge.demo import DEFAULT_ANALYSES, DEFAULT_METHODS
+    from tsvmerge.config.flags import Flag, add_flags, group_flag
+    from tsvmerge.config.schema import DemoSchema
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = parser.add_argument
-    add("--model", default="demo", help="model config (config/model/<name>.yaml) with `benchmark: synthetic`")
-    add("--num-tasks", type=int, help="the first N synthetic tasks (default 8; --quick: 4)")
-    add("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
-        help=f"merge methods (config/method/<name>.yaml; default: {' '.join(DEFAULT_METHODS)})")
-    add("--analyses", nargs="*", metavar="ANALYSIS",
-        help=f"run analyses after the merges (no names: all of {' '.join(DEFAULT_ANALYSES)})")
-    add("--quick", action="store_true", help="reduced run: 4 tasks, short pre-training and fine-tuning")
-    add("--pretrain-steps", type=int, help="contrastive pre-training steps (default 600; --quick: 60)")
-    add("--finetune-epochs", type=int, help="epochs per task (default: the model config's)")
-    add("--finetune-max-steps", type=int, help="cap on optimizer steps per task (--quick: 20)")
-    add("--n-eval-points", type=int, help="α grid points (default 31; --quick: 6)")
-    add("--data-location", type=Path, default=Path("data"))
-    add("--model-location", type=Path, default=Path("models/checkpoints"))
-    add("--results-dir", type=Path, default=Path("results/demo"))
-    add("--pretrained", type=Path, help="pre-trained weights file (default: the model config's `pretrained`)")
-    add("--force", action="store_true", help="re-run evaluations and merges even when their results are fresh")
-    add("--no-progress", action="store_true")
+    add_flags(parser, DemoSchema, [
+        group_flag("model", ("--model",), "model config (config/model/<name>.yaml) with `benchmark: synthetic` "
+                                          "(default demo)"),
+        Flag("num_tasks", ("--num-tasks", "--tasks")), Flag("methods", ("--methods",), "list"),
+        Flag("quick", ("--quick",), "true"), Flag("pretrain_steps", ("--pretrain-steps",)),
+        Flag("finetune_epochs", ("--finetune-epochs",)), Flag("finetune_max_steps", ("--finetune-max-steps",)),
+        Flag("n_eval_points", ("--n-eval-points",)), Flag("data_location", ("--data-location",)),
+        Flag("model_location", ("--model-location",)), Flag("results_dir", ("--results-dir",)),
+        Flag("pretrained", ("--pretrained",)), Flag("force", ("--force",), "true"),
+        Flag("progress", ("--no-progress",), "false", "no progress bars"),
+    ])
+    parser.add_argument("--analyses", nargs="*", metavar="ANALYSIS",
+                        help="run analyses after the merges (no names: every analysis of docs/analysis.md)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of config/demo.yaml")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from tsvmerge.demo import DEFAULT_ANALYSES, DemoPlan, PretrainSettings, run_demo
+    from tsvmerge.config import ConfigSource, compose_config
+    from tsvmerge.config.flags import flag_overrides, quote
+    from tsvmerge.demo import DEFAULT_ANALYSES, demo_plan, run_demo
+    from tsvmerge.utils.entry_point import run_main
 
-    quick = args.quick
-    steps = args.pretrain_steps or (60 if quick else PretrainSettings.steps)
-    analyses = () if args.analyses is None else tuple(args.analyses or DEFAULT_ANALYSES)
-    plan = DemoPlan(
-        model=args.model, num_tasks=args.num_tasks or (4 if quick else 8), methods=tuple(args.methods),
-        analyses=analyses,
-        data_location=args.data_location, model_location=args.model_location, results_dir=args.results_dir,
-        pretrained=args.pretrained, pretrain=PretrainSettings(steps=steps, warmup_steps=min(30, steps // 5)),
-        finetune_epochs=args.finetune_epochs, finetune_max_steps=args.finetune_max_steps or (20 if quick else None),
-        n_eval_points=args.n_eval_points or (6 if quick else 31), force=args.force, progress=not args.no_progress,
-    )
-    from tsvmerge.config import ConfigError
+    overrides = flag_overrides(args)
+    if args.analyses is not None:
+        overrides.append(f"analyses={quote(args.analyses or list(DEFAULT_ANALYSES))}")
+    source = ConfigSource(CONFIG_DIR)
 
-    try:
-        run_demo(plan)
-    except (RuntimeError, ConfigError) as exc:
-        print(f"demo.py: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    def body() -> None:
+        run_demo(demo_plan(compose_config(source, "demo", [*overrides, *args.overrides]), source))
+
+    return run_main("demo.py", body)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@
     python main.py method=tall_mask              # saves the chosen masks; then:
     python main.py method=tall_mask method.load_mask=True
     python main.py method=consensus method.prun_thre_k=2
+    python main.py -m method=sum,TSVM num_tasks=8,14,20
 
-Configuration: config/config.yaml, config/method/<name>.yaml, config/model/<name>.yaml (docs/evaluation.md).
+Configuration: config/config.yaml on the schema of src/tsvmerge/config/schema.py (README: Configuration).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
-
-from tsvmerge.config import ConfigError, check_overrides
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 
@@ -32,13 +31,19 @@ def main(cfg: DictConfig) -> float:
 
 
 def cli() -> None:
-    """Check the command line (unknown keys / choices, listing the valid ones), then run Hydra."""
-    try:
-        check_overrides(sys.argv[1:], CONFIG_DIR)
-    except ConfigError as exc:
-        print(f"main.py: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    main()
+    """Check every job of the command line (keys, values, tasks, method parameters), then run Hydra."""
+    from tsvmerge.utils.huge_pages import enable_huge_pages
+
+    enable_huge_pages()  # before torch's first allocation: merging allocates large CPU tensors per layer
+    from tsvmerge.config import ConfigSource, check_command_line, register_configs, settings_from_config
+    from tsvmerge.utils.entry_point import run_main
+
+    register_configs()
+    code = run_main("main.py", lambda: check_command_line(sys.argv[1:], ConfigSource(CONFIG_DIR), "config",
+                                                          validate=settings_from_config))
+    if code:
+        raise SystemExit(code)
+    raise SystemExit(run_main("main.py", main))
 
 
 if __name__ == "__main__":

@@ -2,13 +2,15 @@
 
     python bench/merge.py --model ViT-B-32 --tasks 8 --method TSVM
     python bench/merge.py --model ViT-B-32 --tasks 20 --method TSVM sum ties --svd randomized
+    python bench/merge.py --model ViT-S-32 --tasks 4 --method TSVM ties --device cuda:1
 
 Checkpoints are built once into a cache folder: the open_clip architecture with random weights and
 the published key layout (an image encoder wrapper with attribute ``model``, text transformer
 removed), plus one fine-tuned copy per task whose image-tower matrices move by a low-rank-plus-noise
 delta (the text parts stay untouched, as in the published fine-tuning). Each method then runs in a
 fresh process, so its wall time and peak memory are its own: peak RSS (memory-mapped checkpoint
-pages included) and peak anonymous memory (RssAnon: what the merge really allocates).
+pages included) and peak anonymous memory (RssAnon: what the merge really allocates), plus the peak
+of CUDA allocations when merging on a GPU (``--device cuda[:i]``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-import tsvmerge  # noqa: F401  (before torch: it sets torch's CPU allocator options)
+from tsvmerge.utils.huge_pages import enable_huge_pages
+
+enable_huge_pages()  # before torch's first allocation (docs: src/tsvmerge/utils/huge_pages.py)
 
 # isort: split
 import torch
@@ -85,7 +89,7 @@ def run_one(method: str, zeroshot: Path, finetuned: list[Path], svd: str | None,
     """Merge in this process and report time and memory (the child side of ``main``)."""
     from tsvmerge.checkpoints import open_state_dict
     from tsvmerge.merging import TaskVectors, apply_task_vector, build_method, merge, method_parameters
-    from tsvmerge.utils.device import resolve_device
+    from tsvmerge.utils.device import activate_device, resolve_device
     from tsvmerge.utils.memory import MemoryMonitor
 
     values = dict(item.split("=", 1) for item in params)
@@ -94,7 +98,7 @@ def run_one(method: str, zeroshot: Path, finetuned: list[Path], svd: str | None,
     if method == "consensus":
         values.setdefault("tall_lambda", "0.4")
     built = build_method(method, values)
-    dev = resolve_device(device)
+    dev = activate_device(resolve_device(device))  # cuda -> cuda:<i>, the current GPU of this process
     with MemoryMonitor(device=dev) as monitor:
         started = time.perf_counter()
         tasks = TaskVectors(open_state_dict(zeroshot), [open_state_dict(p) for p in finetuned], device=dev)
@@ -127,7 +131,8 @@ def main() -> int:
         print(json.dumps(run_one(args.method[0], zeroshot, finetuned, args.svd, args.device, args.params)))
         return 0
 
-    print(f"{'method':24s} {'svd':>10s} {'tasks':>5s} {'wall s':>8s} {'peak RSS':>10s} {'peak anon':>10s}")
+    print(f"{'method':24s} {'svd':>10s} {'tasks':>5s} {'wall s':>8s} {'peak RSS':>10s} {'peak anon':>10s} "
+          f"{'peak CUDA':>10s} device")
     for method in args.method:
         command = [sys.executable, __file__, "--child", "--model", args.model, "--tasks", str(args.tasks),
                    "--method", method, "--device", args.device, "--cache", str(args.cache)]
@@ -140,8 +145,9 @@ def main() -> int:
             print(f"{method}: failed\n{done.stderr}", file=sys.stderr)
             return done.returncode
         row = json.loads(done.stdout.strip().splitlines()[-1])
+        cuda = "-" if row["peak_cuda_gib"] is None else f"{row['peak_cuda_gib']:8.2f} G"
         print(f"{row['method']:24s} {row['svd'] or '-':>10s} {row['tasks']:5d} {row['seconds']:8.1f} "
-              f"{row['peak_rss_gib']:8.2f} G {row['peak_anon_gib']:8.2f} G", flush=True)
+              f"{row['peak_rss_gib']:8.2f} G {row['peak_anon_gib']:8.2f} G {cuda:>10s} {row['device']}", flush=True)
         if args.json:
             with args.json.open("a") as fh:
                 fh.write(json.dumps({"model": args.model, **row}) + "\n")

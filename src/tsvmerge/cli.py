@@ -10,14 +10,18 @@ their own ``.pt`` / ``.safetensors`` files.
 from __future__ import annotations
 
 import argparse
-import json
+import math
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .checkpoints import open_state_dict, save_state_dict
+from .checkpoints.paths import OutputPathError, atomic_directory, check_output_path, same_file
 from .checkpoints.tall_mask_files import save_tall_masks
+from .evaluation.results import write_json
 from .merging import (
+    MergeMethod,
     TaskVectors,
     apply_task_vector,
     available_methods,
@@ -28,21 +32,26 @@ from .merging import (
 )
 from .merging.svd import SVD_MODES
 from .utils.device import resolve_device
+from .utils.entry_point import run_main, user_errors
 from .utils.memory import MemoryMonitor
+
+PROG = "tsvmerge"
+STATE_DICT_SUFFIXES = {".pt", ".safetensors", ".pth", ".bin"}
+_TASK_FILE = re.compile(r"task\d+\.pt")
 
 
 def _parse_assignments(items: Sequence[str]) -> dict[str, str]:
     params = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         params[key.strip()] = value.strip()
     return params
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tsvmerge", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("merge", help="merge fine-tuned checkpoints into one model (or per-task models)")
@@ -77,14 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             params = ", ".join(f"{k}={v!r}" for k, v in method_parameters(name).items()) or "-"
             print(f"{name:26s} {params}")
         return 0
-    try:
-        return _merge(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"tsvmerge: error: {error}", file=sys.stderr)
-        return 2
+    # ValueError / RuntimeError: bad method parameters, an unavailable device.
+    return run_main(PROG, lambda: _merge(args), user_errors=(*user_errors(), ValueError, RuntimeError))
 
 
-def _merge(args: argparse.Namespace) -> int:
+# ------------------------------------------------------------------------------------ checks before any work
+
+def _build_method(args: argparse.Namespace) -> MergeMethod:
     params = _parse_assignments(args.params)
     available = method_parameters(args.method)
     if args.svd is not None:
@@ -95,7 +103,66 @@ def _merge(args: argparse.Namespace) -> int:
         if "report_sti" not in available:
             raise ValueError(f"--report-sti applies to the TSV-M methods, not {args.method!r}")
         params["report_sti"] = "true"
-    method = build_method(args.method, params)
+    return build_method(args.method, params)
+
+
+def _check_options(args: argparse.Namespace, method: MergeMethod) -> None:
+    """Every option must apply to ``method`` and hold a usable value."""
+    if not math.isfinite(args.alpha):
+        raise ValueError(f"--alpha {args.alpha} is not a finite number; give e.g. --alpha 1.0")
+    if args.sti_out is not None and not args.report_sti:
+        raise ValueError("--sti-out writes the interference report: add --report-sti (TSV-M methods)")
+    has_masks = method.task_specific and bool(method.mask_labels())
+    if args.save_masks is not None and not has_masks:
+        raise ValueError(f"--save-masks applies to the mask methods (tall_mask, mag_masking), not {method.name!r}")
+    if args.tall_lambda is not None:
+        _mask_choice(method.mask_labels(), args.tall_lambda, method.name)
+    if args.names is not None:
+        if len(args.names) != len(args.finetuned):
+            raise ValueError(f"--names gives {len(args.names)} names for {len(args.finetuned)} fine-tuned "
+                             "checkpoints; give one name per --finetuned file")
+        repeated = sorted({n for n in args.names if args.names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"--names: {', '.join(repeated)} given more than once; each task needs its own name")
+
+
+def _check_inputs(args: argparse.Namespace) -> list[Path]:
+    """Each input file once: a checkpoint given twice (or as θ0 and a θi) would silently weigh double."""
+    for i, path in enumerate(args.finetuned):
+        if same_file(path, args.pretrained):
+            raise ValueError(f"fine-tuned checkpoint {str(path)!r} is the pre-trained checkpoint "
+                             f"{str(args.pretrained)!r}; its task vector would be zero. Give each task's own file.")
+        for earlier in args.finetuned[:i]:
+            if same_file(path, earlier):
+                raise ValueError(f"fine-tuned checkpoint {str(path)!r} is given twice (also as {str(earlier)!r}); "
+                                 "give each task's checkpoint once")
+    return [args.pretrained, *args.finetuned]
+
+
+def _check_outputs(args: argparse.Namespace, method: MergeMethod, inputs: list[Path]) -> None:
+    """Every output path is writable, harms no input and no other output; done before the merge starts."""
+    if method.task_specific and args.out.suffix in STATE_DICT_SUFFIXES:
+        raise OutputPathError(f"{method.name} gives one model per task: --out must be a folder, not {args.out}")
+    check_output_path(args.out, label="--out", inputs=inputs, folder=method.task_specific,
+                      replaceable=lambda name: _TASK_FILE.fullmatch(name) is not None)
+    written = [args.out]
+    for label, path in (("--save-masks", args.save_masks), ("--sti-out", args.sti_out)):
+        if path is None:
+            continue
+        if method.task_specific and args.out.resolve() in path.resolve().parents:
+            raise OutputPathError(f"{label} {str(path)!r} lies inside the --out folder, which is replaced as a "
+                                  "whole; write it elsewhere")
+        check_output_path(path, label=label, inputs=[*inputs, *written])
+        written.append(path)
+
+
+# ------------------------------------------------------------------------------------------------- the merge
+
+def _merge(args: argparse.Namespace) -> int:
+    method = _build_method(args)
+    _check_options(args, method)
+    inputs = _check_inputs(args)
+    _check_outputs(args, method, inputs)
     device = resolve_device(args.device)
 
     with MemoryMonitor(device=device) as monitor:
@@ -116,9 +183,7 @@ def _merge(args: argparse.Namespace) -> int:
     if "sti" in result.stats:
         _print_interference(result.stats)
         if args.sti_out:
-            args.sti_out.parent.mkdir(parents=True, exist_ok=True)
-            args.sti_out.write_text(json.dumps({"per_entry": result.stats["sti"],
-                                                "per_block": result.stats["sti_per_block"]}, indent=2))
+            write_json(args.sti_out, {"per_entry": result.stats["sti"], "per_block": result.stats["sti_per_block"]})
             print(f"  wrote {args.sti_out}")
     return 0
 
@@ -139,36 +204,38 @@ def _print_interference(stats: dict) -> None:
 
 
 def _write_outputs(args: argparse.Namespace, result, pretrained, tasks: TaskVectors) -> list[Path]:
+    """The merged model, or the folder of per-task models (complete or absent, never half-written)."""
     if not result.method.task_specific:
         merged = apply_task_vector(pretrained, result.task_vector, args.alpha, inplace=True)
         save_state_dict(merged, args.out)
         return [args.out]
-    if args.out.suffix in {".pt", ".safetensors", ".pth", ".bin"}:
-        raise ValueError(f"{result.method.name} gives one model per task: --out must be a folder, not {args.out}")
-    choice = _mask_choice(result, args.tall_lambda)
-    args.out.mkdir(parents=True, exist_ok=True)
+    choice = _mask_choice(result.mask_labels, args.tall_lambda, result.method.name)
     written = []
-    for task in range(tasks.num_tasks):
-        merged = apply_task_vector(pretrained, result.task_specific_vector(task, choice), args.alpha, inplace=True)
-        path = args.out / f"task{task}.pt"
-        save_state_dict(merged, path)
-        written.append(path)
-        del merged
-    if args.save_masks:
-        if result.masks is None:
-            raise ValueError(f"--save-masks applies to tall_mask, not {result.method.name}")
-        save_tall_masks(args.save_masks, flat_task_masks(result, tasks, [choice] * tasks.num_tasks))
-        written.append(args.save_masks)
+    with atomic_directory(args.out) as folder:
+        for task in range(tasks.num_tasks):
+            merged = apply_task_vector(pretrained, result.task_specific_vector(task, choice), args.alpha,
+                                       inplace=True)
+            save_state_dict(merged, folder / f"task{task}.pt")
+            written.append(args.out / f"task{task}.pt")
+            del merged
+        if args.save_masks:
+            save_tall_masks(args.save_masks, flat_task_masks(result, tasks, [choice] * tasks.num_tasks))
+            written.append(args.save_masks)
     return written
 
 
-def _mask_choice(result, tall_lambda: float | None) -> int:
-    labels = result.mask_labels
+def _mask_choice(labels: Sequence, tall_lambda: float | None, method: str) -> int:
+    """Index of the mask choice ``--lambda`` names (default: λ = 0.4 where the method has it, else the first)."""
     if tall_lambda is None:
-        return labels.index(0.4) if 0.4 in labels else 0
-    if tall_lambda not in labels:
-        raise ValueError(f"--lambda {tall_lambda} is not among this method's mask choices {labels}")
-    return labels.index(tall_lambda)
+        return list(labels).index(0.4) if 0.4 in labels else 0
+    lambdas = [label for label in labels if isinstance(label, int | float) and not isinstance(label, bool)]
+    if not lambdas:
+        raise ValueError(f"--lambda applies to tall_mask building its masks (a λ grid); {method!r} has no λ to "
+                         "choose")
+    if tall_lambda not in lambdas:
+        raise ValueError(f"--lambda {tall_lambda:g} is not among this method's mask choices "
+                         f"{', '.join(f'{x:g}' for x in lambdas)}")
+    return list(labels).index(tall_lambda)
 
 
 if __name__ == "__main__":

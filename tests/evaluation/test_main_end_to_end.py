@@ -13,6 +13,7 @@ import torch
 from tests.evaluation.conftest import load, run_main
 from tests.evaluation.world import MODEL, World
 from tsvmerge.checkpoints import head_path, load_tall_masks, open_state_dict, tall_mask_paths, zeroshot_checkpoint_path
+from tsvmerge.checkpoints.tall_mask_files import read_mask_record
 from tsvmerge.data import get_dataset
 from tsvmerge.evaluation.alpha_search import alpha_label
 from tsvmerge.evaluation.results import RESULT_SCHEMA
@@ -121,7 +122,9 @@ def test_zeroshot_matches_a_direct_evaluation(world: World, monkeypatch: pytest.
 
 def test_tall_mask_saves_masks_then_load_mask_and_consensus(world: World, monkeypatch: pytest.MonkeyPatch,
                                                             tmp_path: Path) -> None:
-    mask_file = tall_mask_paths(world.checkpoints, MODEL, 3)[0]
+    # an explicit task list (not the benchmark's first T tasks): the file is named after the tasks too
+    mask_file = tall_mask_paths(world.checkpoints, MODEL, 3, datasets=world.datasets)[0]
+    assert mask_file.name == "TALL_mask_3task_MNIST-EuroSAT-DTD.npy"
     mask_file.unlink(missing_ok=True)
     payload, path = _run(world, monkeypatch, tmp_path / "build", "method=tall_mask")
     _check_payload(world, payload, "tall_mask")
@@ -137,6 +140,8 @@ def test_tall_mask_saves_masks_then_load_mask_and_consensus(world: World, monkey
     masks = load_tall_masks(mask_file, num_entries=sum(v.numel() for v in theta0.values()))
     assert set(masks) == set(world.datasets)
     assert all(m.any() for m in masks.values())
+    record = read_mask_record(mask_file)
+    assert record == {"tasks": world.datasets, "built_with": {"use_ties": False}}
 
     loaded, _ = _run(world, monkeypatch, tmp_path / "load", "method=tall_mask", "method.load_mask=True")
     assert loaded["tall_mask_saved"] is False and Path(loaded["tall_mask_file"]) == mask_file
@@ -175,6 +180,6 @@ def test_result_numbers_are_finite_json(world: World, monkeypatch: pytest.Monkey
     payload, path = _run(world, monkeypatch, tmp_path, "method=ties", "method.k=50")
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
-    assert payload["method_params"] == {"k": 50, "agg": "mean"}
+    assert payload["method_params"] == {"k": 50.0, "agg": "mean"}
     assert payload["method_full_name"] == "ties_k50_mean"
     assert all(math.isfinite(v) for v in payload["test"].values())

@@ -4,6 +4,7 @@ main.py merging the produced checkpoints."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -16,7 +17,11 @@ import torch
 from tests.evaluation.conftest import run_main
 from tests.evaluation.world import MODEL, World
 from tests.training.conftest import DATASETS, FINETUNE, REPO, finetune_args, load_checkpoint, run_finetune
-from tsvmerge.training.distributed import FAIL_RANK_ENV, FAIL_STEP_ENV
+from tsvmerge.training import loop, run
+from tsvmerge.training.distributed import Launch
+
+#: The real worker, kept before any test replaces ``run.run_worker``.
+REAL_WORKER = run.run_worker
 
 #: The key part of the attention input bias has an identically zero gradient (softmax is invariant to adding the same
 #: q·b_k to every logit of a query); Adam normalizes its round-off noise (~1e-9) by sqrt(v) + 1e-8, which moves it by
@@ -133,14 +138,41 @@ def test_torchrun_two_ranks_with_accumulation(ft_world: World, reference: Path, 
     assert "fine-tuned top-1" in done.stdout
 
 
+class InjectedFailure(RuntimeError):
+    """What the failing rank of the crash test raises."""
+
+
+def failing_worker(launch: Launch, cfg: run.FinetuneConfig, *, fail_rank: int, fail_step: int) -> list:
+    """Spawn target (runs in the child process): rank ``fail_rank`` raises once its learning-rate schedule has been
+    advanced ``fail_step`` times, i.e. right after its ``fail_step``-th optimizer step; then the real worker runs."""
+    if launch.rank == fail_rank:
+        real_schedule = loop.cosine_with_warmup
+
+        def failing_schedule(*args: object, **kwargs: object) -> torch.optim.lr_scheduler.LambdaLR:
+            scheduler = real_schedule(*args, **kwargs)
+            advance = scheduler.step
+
+            def step() -> None:
+                advance()
+                if scheduler.last_epoch == fail_step:
+                    raise InjectedFailure(f"injected failure on rank {launch.rank} at step {fail_step}")
+
+            scheduler.step = step  # type: ignore[method-assign]
+            return scheduler
+
+        loop.cosine_with_warmup = failing_schedule  # this child process only
+    return REAL_WORKER(launch, cfg)
+
+
 def test_a_crashing_rank_ends_the_run(ft_world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.setenv(FAIL_RANK_ENV, "1")  # test hook: rank 1 raises at its 2nd optimizer step
-    monkeypatch.setenv(FAIL_STEP_ENV, "2")
+    """Rank 1 raises at its 2nd optimizer step: the run stops with an error naming it, nothing half-written."""
+    monkeypatch.setattr(run, "run_worker", functools.partial(failing_worker, fail_rank=1, fail_step=2))
     code = run_finetune(finetune_args(ft_world, tmp_path, "--world-size", "2", datasets=["MNIST"]))
     assert code == 1
     err = capsys.readouterr().err
     assert "rank 1 failed: InjectedFailure" in err and "traceback of rank 1" in err
+    assert "injected failure on rank 1 at step 2" in err
     folder = tmp_path / "checkpoints" / MODEL / "MNISTVal"
     assert (folder / "nonlinear_zeroshot.pt").is_file()  # written before training, complete
     assert not (folder / "nonlinear_finetuned.pt").exists()

@@ -12,13 +12,7 @@ from tests.evaluation.world import MODEL, World
 from tests.training.conftest import finetune_args, run_finetune
 from tsvmerge.data import BENCHMARK_DATASETS
 from tsvmerge.training import protocol
-from tsvmerge.training.distributed import (
-    FAIL_RANK_ENV,
-    FAIL_STEP_ENV,
-    InjectedFailure,
-    detect_launch,
-    maybe_inject_failure,
-)
+from tsvmerge.training.distributed import detect_launch
 from tsvmerge.training.loop import cosine_with_warmup, lr_factor, steps_per_epoch
 
 
@@ -73,23 +67,26 @@ def test_cosine_schedule_matches_the_published_one() -> None:
     assert steps_per_epoch(9, 3) == 3 and steps_per_epoch(10, 3) == 4
 
 
-def test_launch_environment_and_failure_hook() -> None:
+def test_launch_environment() -> None:
     assert detect_launch({}) is None
     launch = detect_launch({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4",
                             "MASTER_ADDR": "node0", "MASTER_PORT": "29500"})
     assert launch is not None and (launch.kind, launch.rank, launch.world_size, launch.local_rank) == ("env", 3, 8, 1)
+    assert launch.local_world_size == 4  # the processes of this node, not the 8 of the whole run
+    single_node = detect_launch({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    assert single_node is not None and single_node.local_world_size == 2  # no LOCAL_WORLD_SIZE: all on this node
     with pytest.raises(ValueError, match="RANK"):
         detect_launch({"RANK": "2", "WORLD_SIZE": "2"})
-    maybe_inject_failure(0, 1, {FAIL_RANK_ENV: "1"})
-    maybe_inject_failure(1, 1, {FAIL_RANK_ENV: "1", FAIL_STEP_ENV: "2"})
-    with pytest.raises(InjectedFailure, match="rank 1 at step 2"):
-        maybe_inject_failure(1, 2, {FAIL_RANK_ENV: "1", FAIL_STEP_ENV: "2"})
+    with pytest.raises(ValueError, match="LOCAL_RANK=2 / LOCAL_WORLD_SIZE=2"):
+        detect_launch({"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "2"})
 
 
 @pytest.mark.parametrize("extra,message", [
     (["--world-size", "4"], "multiple of the number of processes"),
     (["--train-dataset", "NotADataset"], "Unknown dataset"),
     (["--precision", "fp32", "--device", "tpu"], "cpu or cuda"),
+    (["--world-size", "0"], "--world-size must be >= 1, got 0"),
+    (["--world-size", "-2"], "--world-size must be >= 1, got -2"),
 ])
 def test_invalid_settings_are_rejected_before_any_work(ft_world: World, tmp_path: Path, extra: list[str],
                                                        message: str, capsys: pytest.CaptureFixture) -> None:
@@ -136,3 +133,9 @@ def test_the_first_rank_failing_on_its_own_is_reported(tmp_path: Path) -> None:
     assert error.rank == 1 and str(error).startswith("rank 1 failed: ValueError: ValueError on 1")
     assert "rank 0 (RuntimeError) failed as a consequence" in str(error) and "tb 1" in str(error)
     assert "rank 2" not in str(error).split("traceback")[0]
+
+
+def test_world_sizes_below_one_are_rejected_before_any_division() -> None:
+    for world_size in (0, -1):
+        with pytest.raises(ValueError, match=f"--world-size must be >= 1, got {world_size}"):
+            protocol.Hyperparameters().validate(world_size)

@@ -12,136 +12,63 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from ..config import ConfigError
+from ..config import ConfigError, ConfigSource
 from ..evaluation.results import write_json
 from .common import EvalSession, Workspace, open_task_vectors, tasks_tag
+from .params import (
+    ANALYSIS_PARAMS,
+    AblationParams,
+    AlphaHeatmapParams,
+    CompressionParams,
+    ProcrustesParams,
+    SpectraParams,
+    StiAccuracyParams,
+    StiParams,
+    TruncationParams,
+)
 
-__all__ = ["ANALYSES", "check_analysis_overrides", "parse_params", "run_analysis", "run_from_hydra"]
+__all__ = ["ANALYSES", "check_analysis_config", "parse_params", "run_analysis", "run_from_hydra"]
 
 log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------- parameters
 
-@dataclass
-class StiParams:
-    full_rank: bool = True
-    heatmap: bool = True
-    layer: str | None = None
-    heatmap_rank: str = "low"
-    yscale: str = "log"
-    chunk_size: int = 2048
-    out_dir: str | None = None
-
-
-@dataclass
-class StiAccuracyParams:
-    task_sets: Any = field(default_factory=lambda: [8, 14, 20])
-    methods: dict[str, str] = field(default_factory=lambda: {"sum": "full_rank_before", "TSVM": "low_rank_after"})
-    run_missing: bool = False
-    chunk_size: int = 2048
-    out_dir: str | None = None
-
-
-@dataclass
-class SpectraParams:
-    layers: list[str] | None = None
-    max_panels: int = 6
-    out_dir: str | None = None
-
-
-@dataclass
-class ProcrustesParams:
-    log_scale: bool = True
-    out_dir: str | None = None
-
-
-@dataclass
-class TruncationParams:
-    fractions: list[float] = field(default_factory=lambda: [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0])
-    split: str = "test"
-    include_zeroshot: bool = True
-    out_dir: str | None = None
-
-
-@dataclass
-class AblationParams:
-    methods: list[str] = field(default_factory=lambda: ["sum", "TSVM_lowrank_only", "TSVM_interference_only",
-                                                         "TSVM"])
-    recompute: bool = False
-    out_dir: str | None = None
-
-
-@dataclass
-class AlphaHeatmapParams:
-    methods: list[str] = field(default_factory=lambda: ["TSVM", "sum"])
-    subsets: Any = field(default_factory=lambda: [4, 8, 14, 20])
-    alphas: list[float] | None = None
-    split: str = "test"
-    out_dir: str | None = None
-
-
-@dataclass
-class CompressionParams:
-    evaluate: bool = True
-    recompute: bool = False
-    svd: str = "exact"
-    out_dir: str | None = None
-
-
-def _choice(value: Any, key: str, valid: Sequence[str]) -> None:
-    if value not in valid:
-        raise ConfigError(f"analysis.{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
-
-
 def parse_params(name: str, section: Mapping[str, Any]) -> Any:
-    """The analysis' parameter dataclass from its config section (``name`` plus the dataclass' fields)."""
-    if name not in ANALYSES:
-        raise ConfigError(f"unknown analysis {name!r}; available: {', '.join(ANALYSES)}")
-    cls = ANALYSES[name][0]
-    valid = [f.name for f in dataclasses.fields(cls)]
-    values = {k: v for k, v in section.items() if k != "name"}
-    unknown = [k for k in values if k not in valid]
-    if unknown:
-        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for analysis={name}; "
-                          f"valid keys: {', '.join(valid)}")
-    defaults = cls()
-    for key, value in values.items():
-        default = getattr(defaults, key)
-        expected = (bool,) if isinstance(default, bool) else (int,) if isinstance(default, int) else \
-            (list,) if isinstance(default, list) else (dict,) if isinstance(default, dict) else None
-        if value is not None and expected is not None and (
-                not isinstance(value, expected) or (expected != (bool,) and isinstance(value, bool))):
-            raise ConfigError(f"analysis.{key} must be a {expected[0].__name__}, got {value!r}")
-    params = cls(**values)
-    if isinstance(params, StiParams):
-        _choice(params.heatmap_rank, "heatmap_rank", ("low", "full"))
-        _choice(params.yscale, "yscale", ("log", "linear"))
-    if isinstance(params, TruncationParams | AlphaHeatmapParams):
-        _choice(params.split, "split", ("test", "val"))
-    if isinstance(params, AlphaHeatmapParams):
-        from .alpha_heatmap import resolve_subsets
+    """The analysis' parameter dataclass from its config section (``name`` plus the dataclass' fields): key names
+    and types checked against its schema, allowed values by the dataclass itself."""
+    from ..config.compose import explain, to_container
+    from ..config.store import analysis_schema
 
-        resolve_subsets(params.subsets)
-    if isinstance(params, StiAccuracyParams):
-        from .interference import VARIANTS
-
-        for method, variant in params.methods.items():
-            _choice(variant, f"methods.{method}", VARIANTS)
-        from .alpha_heatmap import resolve_subsets
-
-        resolve_subsets(params.task_sets)
-    if isinstance(params, TruncationParams):
-        bad = [f for f in params.fractions if not 0 < float(f) <= 1]
-        if bad or not params.fractions:
-            raise ConfigError(f"analysis.fractions must be non-empty, each in (0, 1]; got {params.fractions}")
-    return params
+    if name not in ANALYSIS_PARAMS:
+        raise ConfigError(f"unknown analysis {name!r}; available: {', '.join(ANALYSIS_PARAMS)}")
+    cls = ANALYSIS_PARAMS[name]
+    plain = OmegaConf.to_container(section, resolve=True, enum_to_str=True) if isinstance(section, DictConfig) \
+        else dict(section)
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(analysis_schema(name, cls)), {"name": name, **plain})
+    except OmegaConfBaseException as exc:
+        message = explain(exc)
+        if message.startswith("unknown config key"):
+            key = message.split("'")[1].rpartition(".")[2]
+            valid = ["name", *(f.name for f in dataclasses.fields(cls))]
+            message = f"unknown key {key} for analysis={name}; valid keys: {', '.join(valid)}"
+        else:
+            message = f"analysis.{message}"
+        raise ConfigError(message) from None
+    values = {k: v for k, v in to_container(typed).items() if k != "name"}
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -386,14 +313,11 @@ def _compression_markdown(rows: Sequence[Mapping[str, Any]], datasets: Sequence[
 
 #: name -> (parameter dataclass, runner)
 ANALYSES: dict[str, tuple[type, Callable[[Workspace, Any], list[Path]]]] = {
-    "sti": (StiParams, run_sti),
-    "sti_accuracy": (StiAccuracyParams, run_sti_accuracy),
-    "spectra": (SpectraParams, run_spectra),
-    "procrustes": (ProcrustesParams, run_procrustes),
-    "truncation": (TruncationParams, run_truncation),
-    "ablation": (AblationParams, run_ablation),
-    "alpha_heatmap": (AlphaHeatmapParams, run_alpha_heatmap),
-    "compression": (CompressionParams, run_compression),
+    name: (ANALYSIS_PARAMS[name], runner) for name, runner in {
+        "sti": run_sti, "sti_accuracy": run_sti_accuracy, "spectra": run_spectra, "procrustes": run_procrustes,
+        "truncation": run_truncation, "ablation": run_ablation, "alpha_heatmap": run_alpha_heatmap,
+        "compression": run_compression,
+    }.items()
 }
 
 
@@ -406,74 +330,30 @@ def run_analysis(name: str, workspace: Workspace, params: Any | Mapping[str, Any
 
 # ------------------------------------------------------------------------------------------------- command line
 
-def _config_dirs() -> list[Path]:
-    """Hydra's file config sources: ``--config-dir`` ones first (they are searched first), then ``config/``."""
-    from hydra.core.hydra_config import HydraConfig
+def check_analysis_config(cfg: DictConfig) -> None:
+    """Everything ``analyze.py`` checks before any work: main.py's configuration and the analysis' parameters."""
+    from ..config import settings_from_config
 
-    if not HydraConfig.initialized():
-        return []
-    sources = [s for s in HydraConfig.get().runtime.config_sources if s.schema == "file" and s.path]
-    ordered = [s for s in sources if s.provider == "command-line"] + [s for s in sources if s.provider == "main"]
-    return [Path(s.path) for s in ordered]
+    settings_from_config(cfg)
+    section = cfg.get("analysis")
+    if not isinstance(section, DictConfig) or "name" not in section:
+        raise ConfigError("the analysis config needs a name (config/analysis/<name>.yaml)")
+    parse_params(str(section["name"]), section)
 
 
-def run_from_hydra(cfg: DictConfig) -> list[Path]:
+def run_from_hydra(cfg: DictConfig, source: ConfigSource) -> list[Path]:
     """Body of ``analyze.py``: validate, run, list the files; user errors exit with status 2 and a message."""
     from ..evaluation.merge_eval import user_errors
 
     try:
-        section = OmegaConf.to_container(cfg.analysis, resolve=True)
-        if not isinstance(section, dict) or "name" not in section:
-            raise ConfigError("the analysis config needs a name (config/analysis/<name>.yaml)")
-        name = str(section["name"])
-        params = parse_params(name, section)
-        workspace = Workspace(cfg, _config_dirs())
-        files = run_analysis(name, workspace, params)
+        check_analysis_config(cfg)
+        name = str(cfg.analysis.name)
+        params = parse_params(name, cfg.analysis)
+        files = run_analysis(name, Workspace(cfg, source), params)
     except user_errors() as exc:  # ConfigError included
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"analyze.py: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"{name}: {len(files)} files written")
     for f in files:
         print(f"  {f}")
     return files
-
-
-def _is_analysis_override(text: str) -> bool:
-    key = text.partition("=")[0].lstrip("+~")
-    return key == "analysis" or key.startswith("analysis.")
-
-
-def check_analysis_overrides(argv: Sequence[str], config_dir: str | Path) -> None:
-    """Reject unknown analyses / analysis keys on the command line (listing the valid ones); the other overrides
-    go through ``main.py``'s own check (:func:`tsvmerge.config.check_overrides`)."""
-    from ..config import _split_argv, check_overrides
-
-    overrides, extra_dirs, _ = _split_argv(argv)
-    dirs = [*extra_dirs, Path(config_dir)]
-    available = sorted({p.stem for d in dirs for p in (d / "analysis").glob("*.yaml")})
-    chosen = ["sti"]
-    problems = []
-    for text in overrides:
-        key, eq, value = text.partition("=")
-        if key.lstrip("+~") == "analysis" and eq:
-            if any(c in value for c in "()[]*"):  # a Hydra sweep expression: left to Hydra
-                chosen = []
-                continue
-            chosen = [v.strip() for v in value.split(",")]  # a, or a,b,c in multirun
-            for name in chosen:
-                if name not in available:
-                    problems.append(f"unknown analysis {name!r}; available: {', '.join(available)}")
-    for text in overrides:
-        key, eq, _ = text.partition("=")
-        key = key.lstrip("+~")
-        if key.startswith("analysis.") and eq:
-            sub = key.split(".")[1]
-            for name in (n for n in chosen if n in ANALYSES):
-                valid = ["name", *(f.name for f in dataclasses.fields(ANALYSES[name][0]))]
-                if sub not in valid:
-                    problems.append(f"unknown key {key!r} for analysis={name}; valid analysis keys: "
-                                    f"{', '.join(valid)}")
-    if problems:
-        raise ConfigError("invalid command line:\n" + "\n".join(f"  - {p}" for p in problems))
-    # Everything else must be valid for main.py's configuration (model, paths, tasks, device, ...).
-    check_overrides([a for a in argv if not _is_analysis_override(a)], config_dir)

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoints.state_dict import open_state_dict
-from ..config import ConfigError, RunSettings, settings_from_config
+from ..config import ConfigError, ConfigSource, RunSettings, compose_config, settings_from_config
 from ..data import benchmark_tasks, is_benchmark_prefix
 from ..merging import TaskVectors
 from ..merging.interference import transformer_block
@@ -30,7 +30,6 @@ from ..merging.tsv import uses_svd
 from ..utils.device import resolve_device
 
 __all__ = [
-    "REPO_CONFIG_DIR",
     "EvalSession",
     "Workspace",
     "block_index",
@@ -41,10 +40,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: ``config/`` of the repository (the default search path of method configs).
-REPO_CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
-
 
 def tasks_tag(datasets: Sequence[str]) -> str:
     """``8tasks`` for the first 8 tasks of a benchmark, else the task list (``MNIST-Cars``; long lists hashed)."""
@@ -105,21 +100,19 @@ def open_task_vectors(settings: RunSettings, datasets: Sequence[str] | None = No
 class Workspace:
     """The validated ``main.py`` part of an analysis configuration, and what derives from it.
 
-    ``cfg`` is the composed Hydra config (or any mapping with ``config/config.yaml``'s keys) without the
-    ``analysis`` section; ``config_dirs`` are searched for ``method/<name>.yaml`` (the repository's
-    ``config/`` is always searched last).
+    ``cfg`` is the composed configuration (``analysis`` and ``hydra`` sections are ignored); ``source`` is where
+    the entry point's YAML files are: the method configs of other runs (the ablation's methods, say) are composed
+    from it by Hydra, exactly as ``main.py method=<name>`` would.
     """
 
-    def __init__(self, cfg: DictConfig | Mapping[str, Any], config_dirs: Sequence[str | Path] = ()) -> None:
+    def __init__(self, cfg: DictConfig | Mapping[str, Any], source: ConfigSource) -> None:
         container = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-        plain = OmegaConf.to_container(container, resolve=False)
+        plain = OmegaConf.to_container(container, resolve=False, enum_to_str=True)
         assert isinstance(plain, dict)
         plain.pop("analysis", None)
         plain.pop("hydra", None)
         self._raw: dict[str, Any] = plain
-        self.config_dirs = [Path(d) for d in config_dirs]
-        if REPO_CONFIG_DIR not in self.config_dirs:
-            self.config_dirs.append(REPO_CONFIG_DIR)
+        self.source = source
         self.settings = settings_from_config(OmegaConf.create(plain))
 
     @property
@@ -136,18 +129,15 @@ class Workspace:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def method_yaml(self, method: str) -> Path:
-        for d in self.config_dirs:
-            path = d / "method" / f"{method}.yaml"
-            if path.is_file():
-                return path
-        options = sorted({p.stem for d in self.config_dirs for p in (d / "method").glob("*.yaml")})
-        raise ConfigError(f"unknown method {method!r}; available: {', '.join(options)}")
+    def method_section(self, method: str) -> dict[str, Any]:
+        """``config/method/<method>.yaml`` as Hydra composes it (``method=<method>``)."""
+        section = compose_config(self.source, "config", [f"method={method}"])["method"]
+        return OmegaConf.to_container(section, resolve=False, enum_to_str=True)  # type: ignore[return-value]
 
     def _raw_for(self, method: str | None, datasets: Sequence[str] | None, overrides: Mapping[str, Any]) -> dict:
         raw = json.loads(json.dumps(self._raw))  # deep copy, interpolations kept
         if method is not None:
-            raw["method"] = OmegaConf.to_container(OmegaConf.load(self.method_yaml(method)), resolve=False)
+            raw["method"] = self.method_section(method)
         if datasets is not None:
             datasets = list(datasets)
             if tuple(datasets) == benchmark_tasks(self.settings.model.benchmark)[: len(datasets)]:

@@ -416,3 +416,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(Path(written["report.md"]).read_text())
     print("written: " + ", ".join(str(p) for p in written.values()))
     return 0
+
+
+def report_from_config(cfg: Any) -> int:
+    """report.py's body on its composed configuration (``config/report.yaml``): write the report, print it."""
+    from ..config import to_container
+
+    values = to_container(cfg)
+    if not Path(values["results_dir"]).is_dir():
+        print(f"report.py: error: results directory {values['results_dir']!r} does not exist", file=sys.stderr)
+        return 2
+    written = write_report(values["results_dir"], values["out"], radar=values["radar"],
+                           radar_metric=values["radar_metric"])
+    print(Path(written["report.md"]).read_text())
+    print("written: " + ", ".join(str(p) for p in written.values()))
+    return 0

@@ -7,6 +7,7 @@ checkpoints they already downloaded; every path the project reads or writes for 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 from collections.abc import Callable, Sequence
@@ -15,12 +16,16 @@ from pathlib import Path
 __all__ = [
     "CHECKPOINT_HELP",
     "CheckpointNotFoundError",
+    "OutputPathError",
+    "atomic_directory",
     "atomic_write",
+    "check_output_path",
     "dataset_base_name",
     "find_zeroshot_checkpoint",
     "finetuned_checkpoint_path",
     "head_path",
     "require_file",
+    "same_file",
     "single_task_accuracy_path",
     "tall_mask_paths",
     "zeroshot_checkpoint_path",
@@ -112,16 +117,22 @@ def tall_mask_paths(
     num_tasks: int,
     use_ties: bool = False,
     ties_agg: str = "sum",
+    datasets: Sequence[str] | None = None,
 ) -> list[Path]:
     """Candidate TALL-mask files, the one to write first.
 
     As in the published code, every ``checkpoints`` in ``model_location`` becomes ``tall_masks``. The published
     code writes the TIES variant as ``..._use_ties_<agg>.npy`` but reads ``..._use_ties.npy``; both are candidates.
+    Masks of an explicit task list (``datasets``, not the first T tasks of a benchmark) are named after the tasks
+    too (``TALL_mask_2task_MNIST-Cars.npy``), so that runs on other tasks never share a file.
     """
     if int(num_tasks) != num_tasks or num_tasks < 1:
         raise ValueError(f"num_tasks must be a positive integer, got {num_tasks!r}")
     root = Path(os.fspath(model_location).replace("checkpoints", "tall_masks")) / _check_component(model, "model")
     stem = f"TALL_mask_{int(num_tasks)}task"
+    if datasets is not None:
+        joined = "-".join(_check_component(d, "dataset") for d in datasets)
+        stem += "_" + (joined if len(joined) <= 80 else "custom" + hashlib.sha1(joined.encode()).hexdigest()[:10])
     if not use_ties:
         return [root / f"{stem}.npy"]
     return [root / f"{stem}_use_ties_{_check_component(ties_agg, 'ties_agg')}.npy", root / f"{stem}_use_ties.npy"]
@@ -132,31 +143,167 @@ def single_task_accuracy_path(results_dir: PathLike, model: str) -> Path:
     return Path(results_dir) / "single_task" / _check_component(model, "model") / "nonlinear_ft_accuracies.json"
 
 
+def _temporary_sibling(dest: Path, kind: str = "tmp") -> Path:
+    """A fresh hidden name next to ``dest`` (same file system, so renaming it onto ``dest`` is atomic)."""
+    return dest.parent / f".{dest.name}.{secrets.token_hex(6)}.{kind}"
+
+
+def _naming_destination(error: OSError, temporary: Path, dest: Path) -> OSError:
+    """``error`` with ``dest`` as its file name where it named the temporary file (or nothing): users never see
+    the temporary name, only the path they asked for."""
+    if error.filename is not None and str(error.filename) != str(temporary):
+        return error
+    return OSError(error.errno, error.strerror or str(error), str(dest))
+
+
 def atomic_write(path: PathLike, write: Callable[[Path], object]) -> Path:
     """Create ``path`` through ``write(tmp_path)`` so that readers never see a partial file.
 
     ``write`` writes the complete file at ``tmp_path``, a fresh temporary name in the destination directory (same
     file system, so the final ``os.replace`` is atomic); the file is then fsynced and renamed over ``path``. On
-    any error the temporary file is removed. Parent directories are created.
+    any error or interruption (KeyboardInterrupt, SIGTERM raised as an exception) the temporary file is removed.
+    Parent directories are created. OSErrors name ``path``, not the temporary file.
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkstemp: its 0600 mode would end up on the final file; O_EXCL with 0666 honours the umask.
-    tmp = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.tmp"
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    tmp = _temporary_sibling(dest)
     try:
+        # Not tempfile.mkstemp: its 0600 mode would end up on the final file; O_EXCL with 0666 honours the umask.
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
+    except OSError as error:
+        _remove_quietly(tmp)
+        raise _naming_destination(error, tmp, dest) from None
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        _remove_quietly(tmp)
         raise
-    with contextlib.suppress(OSError):  # make the rename itself durable where the platform allows it
-        dir_fd = os.open(dest.parent, os.O_RDONLY)
+    _fsync_directory(dest.parent)
+    return dest
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable where the platform allows it."""
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: PathLike) -> Iterator[Path]:
+    """Build the folder ``path`` in a temporary sibling folder (yielded) and move it into place at the end.
+
+    The folder appears complete or not at all: an error or interruption inside the block removes the temporary
+    folder and leaves an existing ``path`` untouched. An existing ``path`` is replaced as a whole, so callers must
+    make sure it holds nothing worth keeping (:func:`check_output_path` with ``replaceable``).
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_sibling(dest)
+    try:
+        tmp.mkdir()
+        yield tmp
+        _replace_directory(tmp, dest)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _naming_destination(error, tmp, dest) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_directory(new: Path, dest: Path) -> None:
+    """Rename ``new`` onto ``dest``; an existing ``dest`` is first moved aside, then deleted."""
+    if not dest.exists():
+        os.rename(new, dest)
+        _fsync_directory(dest.parent)
+        return
+    old = _temporary_sibling(dest, "old")
+    os.rename(dest, old)
+    try:
+        os.rename(new, dest)
+    except BaseException:
+        os.rename(old, dest)  # put the previous folder back
+        raise
+    _fsync_directory(dest.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------- output path checks
+class OutputPathError(ValueError):
+    """An output path that cannot be written, or whose writing would overwrite an input; found before any work."""
+
+
+def same_file(a: PathLike, b: PathLike) -> bool:
+    """Whether ``a`` and ``b`` are one file: the same path once links are resolved, or hard links of each other."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _nearest_existing(path: Path) -> Path:
+    current = path.absolute()
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    return current
+
+
+def _probe_writable(directory: Path, label: str, dest: Path) -> None:
+    """Create and delete a file in ``directory``: the only reliable check (permissions, read-only mounts, root)."""
+    probe = _temporary_sibling(directory / "probe")
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    except OSError as error:
+        raise OutputPathError(f"{label} {str(dest)!r} cannot be written: creating a file in {str(directory)!r} "
+                              f"fails ({error.strerror or error}); choose another location") from None
+    finally:
+        _remove_quietly(probe)
+
+
+def check_output_path(path: PathLike, *, label: str = "output", inputs: Sequence[PathLike] = (),
+                      folder: bool = False, replaceable: Callable[[str], bool] | None = None) -> Path:
+    """Check, before any work starts, that ``path`` can be written without harming an input.
+
+    ``path`` must not be one of ``inputs`` (also through a symbolic or hard link), must be a file path (a folder
+    path when ``folder``) and its directory must be writable, or creatable in a writable one. For a folder that
+    exists already, every entry must satisfy ``replaceable`` (the folder is replaced as a whole) and no input may
+    lie inside it. Missing directories are not created here. Raises OutputPathError naming ``label`` and the path.
+    """
+    dest = Path(path)
+    shown = f"{label} {str(dest)!r}"
+    for item in map(Path, inputs):
+        if same_file(dest, item):
+            raise OutputPathError(f"{shown} is the input {str(item)!r}; writing it would overwrite that input. "
+                                  "Choose another output path.")
+        if folder and dest.resolve() in item.resolve().parents:
+            raise OutputPathError(f"{shown} holds the input {str(item)!r}, which writing the folder would delete. "
+                                  "Choose another output folder.")
+    if dest.is_dir() and not folder:
+        raise OutputPathError(f"{shown} is an existing directory; give a file path.")
+    if dest.exists() and folder and not dest.is_dir():
+        raise OutputPathError(f"{shown} is an existing file; this output is a folder. Give a folder path.")
+    if folder and dest.is_dir():
+        foreign = sorted(entry.name for entry in dest.iterdir() if replaceable is None or not replaceable(entry.name))
+        if foreign:
+            raise OutputPathError(f"{shown} exists and holds other files ({', '.join(foreign[:5])}"
+                                  f"{', ...' if len(foreign) > 5 else ''}), which writing it would delete. "
+                                  "Choose a new folder or empty it.")
+    parent = _nearest_existing(dest.parent)
+    if not parent.is_dir():
+        raise OutputPathError(f"{shown} cannot be written: {str(parent)!r} is a file, not a directory.")
+    _probe_writable(parent, label, dest)
     return dest

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, Literal
 
 import torch
 
+from tsvmerge.checkpoints.errors import CorruptCheckpointError
 from tsvmerge.checkpoints.paths import PathLike, require_file
 
 __all__ = [
@@ -208,6 +209,21 @@ def _torch_load(path: Path, allow: Mapping[str, object], mmap: bool) -> Any:
             if isinstance(exc, UnsafeCheckpointError):
                 raise
             raise _translate_torch_error(exc, str(path)) from None
+        except (RuntimeError, EOFError, ValueError, KeyError) as exc:  # torch's zip reader: truncated / damaged
+            raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: BaseException) -> CorruptCheckpointError:
+    """The error for a file no loader can read, naming it and saying what to do."""
+    if path.stat().st_size == 0:
+        reason = "the file is empty"
+    else:
+        detail = str(exc).split(". This is an internal")[0].strip() or type(exc).__name__
+        reason = f"{type(exc).__name__}: {detail}"
+    return CorruptCheckpointError(
+        f"cannot read checkpoint {str(path)!r} ({reason}); it is truncated, damaged or not a checkpoint "
+        "(torch.save / pickle / .safetensors). Download or save it again."
+    )
 
 
 def _torch_legacy_load(path: Path, allowed: Mapping[str, object]) -> Any:
@@ -255,8 +271,9 @@ def load_pickled_object(path: PathLike, allow: Mapping[str, object], *, mmap: bo
             return _RestrictedUnpickler(fh, allowed, str(p)).load()
     except UnsafeCheckpointError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, RuntimeError) as exc:
-        raise pickle.UnpicklingError(f"cannot read {p} as a pickle: {type(exc).__name__}: {exc}") from exc
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, RuntimeError, KeyError,
+            IndexError, OverflowError, MemoryError) as exc:
+        raise _unreadable(p, exc) from exc
 
 
 # ------------------------------------------------------------------------------- legacy whole-module files

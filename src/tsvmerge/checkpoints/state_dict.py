@@ -14,6 +14,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tsvmerge.checkpoints.errors import (
+    CheckpointFormatError,
+    CheckpointMismatchError,
+    CorruptCheckpointError,
+    NonFiniteCheckpointError,
+)
 from tsvmerge.checkpoints.paths import CheckpointNotFoundError, PathLike, atomic_write, require_file
 from tsvmerge.checkpoints.safe_pickle import (
     LEGACY_IMAGE_ENCODER_PATHS,
@@ -27,8 +33,12 @@ __all__ = [
     "CheckpointFormatError",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
+    "CorruptCheckpointError",
     "LazyStateDict",
+    "NonFiniteCheckpointError",
     "check_compatible",
+    "check_finite",
+    "source_name",
     "open_state_dict",
     "save_state_dict",
 ]
@@ -53,14 +63,6 @@ _SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 
 # Keys under which training scripts commonly nest the real state dict.
 _NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "module", "image_encoder")
-
-
-class CheckpointFormatError(ValueError):
-    """The file is readable but does not hold a flat ``{name: tensor}`` state dict."""
-
-
-class CheckpointMismatchError(ValueError):
-    """Two checkpoints that must describe the same architecture have different keys or shapes."""
 
 
 class LazyStateDict(Mapping[str, Tensor]):
@@ -141,7 +143,10 @@ class _SafetensorsStateDict(LazyStateDict):
         try:
             self._file: Any = safe_open(str(path), framework="pt", device="cpu")
         except Exception as exc:  # safetensors raises its own SafetensorError for malformed headers
-            raise CheckpointFormatError(f"{path} is not a valid safetensors file: {exc}") from exc
+            raise CorruptCheckpointError(
+                f"cannot read checkpoint {str(path)!r}: not a valid safetensors file ({exc}); it is truncated or "
+                "damaged. Download or save it again."
+            ) from exc
         self._keys = list(self._file.keys())
         self._key_set = frozenset(self._keys)
 
@@ -257,41 +262,83 @@ def _shape_of(state: Mapping[str, Any], key: str) -> tuple[int, ...]:
     return tuple(state[key].shape)
 
 
+def _is_floating(state: Mapping[str, Any], key: str) -> bool:
+    dtype = state.dtype(key) if isinstance(state, LazyStateDict) else state[key].dtype
+    return dtype.is_floating_point
+
+
+def source_name(state: Mapping[str, Any], fallback: str) -> str:
+    """The file a state dict was read from (how users know it), else ``fallback``."""
+    return str(state.path) if isinstance(state, LazyStateDict) else fallback
+
+
+def _differences(reference: Mapping[str, Any], other: Mapping[str, Any], ref_name: str) -> list[str]:
+    """What differs between ``other`` and ``reference``, one line per kind; only shapes and dtypes are read."""
+    ref_keys = list(reference)
+    ref_set, other_set = set(ref_keys), set(other)
+    missing = [k for k in ref_keys if k not in other_set]
+    extra = sorted(k for k in other_set if k not in ref_set)
+    shapes, kinds = [], []
+    for key in (k for k in ref_keys if k in other_set):
+        a, b = _shape_of(reference, key), _shape_of(other, key)
+        if a != b:
+            shapes.append(f"{key}: {list(b)} here vs {list(a)} in {ref_name}")
+        elif _is_floating(reference, key) != _is_floating(other, key):
+            kinds.append(key)
+    lines = []
+    if missing:
+        lines.append(f"  {len(missing)} missing keys: {_preview(missing)}")
+    if extra:
+        lines.append(f"  {len(extra)} unexpected keys: {_preview(extra)}")
+    if shapes:
+        lines.append(f"  {len(shapes)} keys with different shapes: {_preview(shapes)}")
+    if kinds:
+        lines.append(f"  {len(kinds)} keys floating-point in one file and integer in the other: {_preview(kinds)}")
+    return lines
+
+
 def check_compatible(reference: Mapping[str, Any], others: Sequence[Mapping[str, Any]], names: Sequence[str]) -> None:
     """Raise CheckpointMismatchError unless every state dict in ``others`` has the keys and shapes of ``reference``.
 
-    ``names`` labels ``others`` (typically their file paths) in the message; only shapes are compared, so lazily
-    opened files are not read.
+    ``names`` labels ``others`` (typically their file paths) in the message, whose first line names the first file
+    that differs; only shapes and dtypes are compared, so lazily opened files are not read.
     """
     if len(others) != len(names):
         raise ValueError(f"check_compatible: {len(others)} state dicts but {len(names)} names")
-    ref_keys = list(reference)
-    ref_set = set(ref_keys)
     ref_name = str(reference.path) if isinstance(reference, LazyStateDict) else "the reference"
-    problems: list[str] = []
-    for other, name in zip(others, names):
-        other_set = set(other)
-        missing = [k for k in ref_keys if k not in other_set]
-        extra = sorted(k for k in other_set if k not in ref_set)
-        mismatched = []
-        for key in ref_keys:
-            if key in other_set:
-                a, b = _shape_of(reference, key), _shape_of(other, key)
-                if a != b:
-                    mismatched.append(f"{key}: {list(b)} vs {list(a)} in {ref_name}")
-        lines = []
-        if missing:
-            lines.append(f"  {len(missing)} missing keys: {_preview(missing)}")
-        if extra:
-            lines.append(f"  {len(extra)} unexpected keys: {_preview(extra)}")
-        if mismatched:
-            lines.append(f"  {len(mismatched)} keys with different shapes: {_preview(mismatched)}")
-        if lines:
-            problems.append(f"{name} does not match {ref_name}:\n" + "\n".join(lines))
-    if problems:
-        raise CheckpointMismatchError(
-            "checkpoints of different architectures (are they all fine-tuned from the same model?):\n"
-            + "\n".join(problems)
+    problems = [(name, lines) for other, name in zip(others, names)
+                if (lines := _differences(reference, other, ref_name))]
+    if not problems:
+        return
+    text = []
+    for name, lines in problems:
+        text.append(f"{name} does not match {ref_name}:")
+        text.extend(lines)
+    more = f" (and {len(problems) - 1} more file(s))" if len(problems) > 1 else ""
+    raise CheckpointMismatchError(
+        f"checkpoint {problems[0][0]} does not match {ref_name}{more}; are they all fine-tuned from the same "
+        "model?\n" + "\n".join(text)
+    )
+
+
+def check_finite(tensor: Tensor, key: str, source: str) -> None:
+    """Raise NonFiniteCheckpointError if ``tensor`` (entry ``key`` of file ``source``) holds NaN or ±inf.
+
+    Cheap for the usual finite tensor: one float32-accumulated sum, which is finite exactly when every value is
+    (short of an overflow, which the exact check below then clears); no copy of the tensor is made.
+    """
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return
+    if tensor.element_size() == 1:  # float8: no reductions of its own
+        tensor = tensor.float()
+    total = torch.sum(tensor, dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32)
+    if bool(torch.isfinite(total)):
+        return
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
+        raise NonFiniteCheckpointError(
+            f"checkpoint {source} holds {bad} NaN or infinite value(s) in {key!r}; nothing meaningful can be "
+            "merged from it. Use a checkpoint saved before training diverged, or fix that tensor."
         )
 
 

@@ -7,9 +7,11 @@ reconstruction functions and plain containers only.
 
 from __future__ import annotations
 
+import json
 import pickle
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -18,7 +20,15 @@ from numpy.lib import format as npy_format
 from tsvmerge.checkpoints.paths import PathLike, atomic_write, require_file
 from tsvmerge.checkpoints.safe_pickle import UnsafeCheckpointError, _RestrictedUnpickler
 
-__all__ = ["load_tall_masks", "save_tall_masks", "tall_mask_allow_list"]
+__all__ = [
+    "check_mask_file",
+    "load_tall_masks",
+    "mask_file_tasks",
+    "mask_record_path",
+    "read_mask_record",
+    "save_tall_masks",
+    "tall_mask_allow_list",
+]
 
 
 def tall_mask_allow_list() -> dict[str, object]:
@@ -41,8 +51,17 @@ def tall_mask_allow_list() -> dict[str, object]:
     return allowed
 
 
-def save_tall_masks(path: PathLike, masks: Mapping[str, np.ndarray]) -> None:
-    """Write ``{name: flat bool mask}`` as ``np.save(path, {name: np.packbits(mask)})``, atomically."""
+def mask_record_path(path: PathLike) -> Path:
+    """The record written beside a mask file: ``<file>.npy.json`` (tasks and the parameters the masks were built
+    with; published files have none)."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def save_tall_masks(path: PathLike, masks: Mapping[str, np.ndarray], *,
+                    built_with: Mapping[str, Any] | None = None) -> None:
+    """Write ``{name: flat bool mask}`` as ``np.save(path, {name: np.packbits(mask)})``, atomically, and beside it
+    a record of the task names and the parameters the masks were built with (``built_with``)."""
     packed: dict[str, np.ndarray] = {}
     for name, mask in masks.items():
         arr = np.asarray(mask)
@@ -54,7 +73,50 @@ def save_tall_masks(path: PathLike, masks: Mapping[str, np.ndarray]) -> None:
         with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to the temporary name
             np.save(fh, packed, allow_pickle=True)
 
+    record = {"tasks": list(packed), "built_with": dict(built_with or {})}
     atomic_write(path, write)
+    atomic_write(mask_record_path(path), lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
+
+
+def read_mask_record(path: PathLike) -> dict[str, Any] | None:
+    """The record beside a mask file (``{"tasks": [...], "built_with": {...}}``), or None (published files)."""
+    record_path = mask_record_path(path)
+    if not record_path.is_file():
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{record_path}: unreadable TALL-mask record ({exc}); delete it together with {path}") \
+            from None
+    if not isinstance(record, dict) or not isinstance(record.get("tasks"), list):
+        raise ValueError(f"{record_path} is not a TALL-mask record; delete it together with {path}")
+    return record
+
+
+def mask_file_tasks(path: PathLike) -> list[str]:
+    """The task names a mask file holds masks for (from its record, else from the file itself)."""
+    record = read_mask_record(path)
+    if record is not None:
+        return [str(t) for t in record["tasks"]]
+    return list(load_tall_masks(path))
+
+
+def check_mask_file(path: PathLike, tasks: Sequence[str], built_with: Mapping[str, Any] | None = None) -> None:
+    """Raise ValueError unless the mask file at ``path`` holds masks for every task of ``tasks`` built with the
+    same parameters (when its record says how it was built); the message names both task lists."""
+    saved = mask_file_tasks(path)
+    missing = [t for t in tasks if t not in saved]
+    if missing:
+        raise ValueError(f"{path} holds TALL masks for {saved}, not for the merged tasks {list(tasks)} "
+                         f"(missing: {missing}); run tall_mask on these tasks first, or give the mask file of "
+                         "these tasks (method.mask_file=...)")
+    record = read_mask_record(path)
+    if record is not None and built_with is not None:
+        recorded = record.get("built_with") or {}
+        differing = {k: (recorded.get(k), v) for k, v in built_with.items() if k in recorded and recorded[k] != v}
+        if differing:
+            details = ", ".join(f"{k}: file {a!r}, run {b!r}" for k, (a, b) in differing.items())
+            raise ValueError(f"{path} holds TALL masks built with other parameters ({details})")
 
 
 def _read_object_payload(fh: BinaryIO, source: str) -> object:

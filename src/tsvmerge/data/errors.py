@@ -1,4 +1,4 @@
-"""The one error a missing benchmark dataset raises."""
+"""The errors a missing or incomplete benchmark dataset raises."""
 
 from __future__ import annotations
 
@@ -11,6 +11,13 @@ class DatasetNotFoundError(FileNotFoundError):
 
     Subclasses FileNotFoundError so callers that already catch missing files keep working; the message names the
     expected paths and says how to prepare them, because most of these datasets cannot be downloaded automatically.
+    """
+
+
+class DatasetTooSmallError(DatasetNotFoundError, ValueError):
+    """A dataset has too few training images to carve out its validation split: most likely an incomplete copy.
+
+    Also a ValueError, which the split raised for this before.
     """
 
 

@@ -107,7 +107,8 @@ def get_dataset(
         make_train, make_test = open_train, cache(lambda: source.open(root, "val", transform))
     else:
         source.check(root, ["train"])
-        parts = cache(lambda: split_train_val(open_train(), val_fraction, max_val_samples, seed))
+        parts = cache(lambda: split_train_val(open_train(), val_fraction, max_val_samples, seed,
+                                              name=f"Dataset {name} under data_location '{root}'"))
         make_train, make_test = (lambda: parts()[0]), (lambda: parts()[1])
 
     def make_classnames() -> list[str]:

@@ -15,21 +15,36 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Subset, random_split
 
+from .errors import DatasetTooSmallError
+
 VAL_FRACTION = 0.1
 MAX_VAL_SAMPLES = 5000
 SEED = 0
 
 
-def val_size(n: int, val_fraction: float = VAL_FRACTION, max_val_samples: int | None = MAX_VAL_SAMPLES) -> int:
-    """Number of validation images carved out of a training split of ``n`` images."""
+def val_size(n: int, val_fraction: float = VAL_FRACTION, max_val_samples: int | None = MAX_VAL_SAMPLES, *,
+             name: str = "the dataset") -> int:
+    """Number of validation images carved out of a training split of ``n`` images (of dataset ``name``)."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     size = int(n * val_fraction)
     if max_val_samples is not None:
         size = min(size, max_val_samples)
     if not 0 < size < n:
-        raise ValueError(f"Cannot split {n} training images into train/val with val_fraction={val_fraction}")
+        raise DatasetTooSmallError(
+            f"{name} has only {n} training image(s): too few to carve out its validation split "
+            f"(val_fraction={val_fraction} of them; at least {_smallest_splittable(val_fraction)} images are needed). "
+            "Is the dataset complete? Prepare it again under data_location (docs/data.md)."
+        )
     return size
+
+
+def _smallest_splittable(val_fraction: float) -> int:
+    """The fewest training images from which ``val_fraction`` leaves at least one validation image."""
+    n = 2
+    while int(n * val_fraction) < 1:
+        n += 1
+    return n
 
 
 def split_train_val(
@@ -37,9 +52,11 @@ def split_train_val(
     val_fraction: float = VAL_FRACTION,
     max_val_samples: int | None = MAX_VAL_SAMPLES,
     seed: int = SEED,
+    *,
+    name: str = "the dataset",
 ) -> tuple[Subset, Subset]:
-    """Deterministically split ``train`` into (remaining train part, validation part)."""
+    """Deterministically split ``train`` into (remaining train part, validation part); ``name`` for messages."""
     n = len(train)  # type: ignore[arg-type]
-    size = val_size(n, val_fraction, max_val_samples)
+    size = val_size(n, val_fraction, max_val_samples, name=name)
     train_part, val_part = random_split(train, [n - size, size], generator=torch.Generator().manual_seed(seed))
     return train_part, val_part

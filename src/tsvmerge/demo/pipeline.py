@@ -1,10 +1,11 @@
 """The embedded demo, end to end: synthetic tasks -> pre-trained tiny CLIP -> fine-tuning -> single-task accuracies
 -> every merge method -> table and chart (``python demo.py``, ``make demo``).
 
-Steps 3-5 run the project's own entry points (``finetune.py``, ``eval_single_task.py``, ``main.py``) as separate
-processes with ``--model=demo``, exactly as a user would type them: the commands are printed before they run. Every
-step reuses what an earlier run left (data, pre-trained weights, checkpoints, accuracy and result files) unless what
-it depends on changed; ``force=True`` re-evaluates.
+Steps 3-6 run the recipes of the project's entry points (``finetune.py``, ``eval_single_task.py``, ``main.py``,
+``analyze.py``, ``report.py``) in this process, each configured exactly as that entry point would be: its YAML file
+composed by Hydra from ``plan.config`` with the overrides of the command line printed before the step runs (the same
+command typed by hand does the same). Every step reuses what an earlier run left (data, pre-trained weights,
+checkpoints, accuracy and result files) unless what it depends on changed; ``force=True`` re-evaluates.
 """
 
 from __future__ import annotations
@@ -13,29 +14,30 @@ import dataclasses
 import json
 import logging
 import shlex
-import subprocess
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..analysis.report import collect_results
 from ..checkpoints.paths import finetuned_checkpoint_path, single_task_accuracy_path
-from ..config import load_model_spec
+from ..config import ConfigError, ConfigSource, Problems, compose_config, to_container
+from ..config.flags import quote
+from ..config.schema import DemoSchema
+from ..config.settings import model_spec
 from ..data import task_list
 from ..data.datasets.synthetic import generate_all
 from .pretrain import PretrainSettings, pretrain_clip
 from .summary import summarize, summary_markdown, write_summary
 
-__all__ = ["DEFAULT_METHODS", "DemoPlan", "run_demo"]
+__all__ = ["DEFAULT_ANALYSES", "DEFAULT_METHODS", "DemoPlan", "demo_plan", "run_demo"]
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-
 #: Every merge method of the table; tall_mask runs before consensus, which reads the masks it saves.
-DEFAULT_METHODS = ("zeroshot", "average", "sum", "ties", "tall_mask", "consensus", "TSVM", "TSVC")
+DEFAULT_METHODS: tuple[str, ...] = tuple(
+    next(f for f in dataclasses.fields(DemoSchema) if f.name == "methods").default_factory())
 
 #: The analyses of docs/analysis.md that the demo runs after the merges (``analyses=True``).
 DEFAULT_ANALYSES = ("sti", "sti_accuracy", "spectra", "procrustes", "truncation", "ablation", "alpha_heatmap",
@@ -46,6 +48,7 @@ DEFAULT_ANALYSES = ("sti", "sti_accuracy", "spectra", "procrustes", "truncation"
 class DemoPlan:
     """What the demo runs and where its files go (paths are resolved to absolute ones)."""
 
+    config: ConfigSource | None = None  # the entry points' YAML files (demo.py passes its config/ folder)
     num_tasks: int = 8
     methods: tuple[str, ...] = DEFAULT_METHODS
     analyses: tuple[str, ...] = ()
@@ -60,7 +63,6 @@ class DemoPlan:
     n_eval_points: int = 31
     force: bool = False
     progress: bool = True
-    python: str = sys.executable
 
     def resolved(self) -> DemoPlan:
         return dataclasses.replace(
@@ -69,13 +71,47 @@ class DemoPlan:
             pretrained=None if self.pretrained is None else self.pretrained.resolve())
 
 
-def _run(command: Sequence[str], what: str) -> float:
-    """Run an entry point from the repository root, streaming its output; raise if it fails."""
+def demo_plan(cfg: Any, source: ConfigSource) -> DemoPlan:
+    """The plan of demo.py's composed configuration (``config/demo.yaml``)."""
+    from ..config.settings import check_minimums
+
+    values = to_container(cfg)
+    problems = Problems()
+    check_minimums(values, DemoSchema, problems)
+    known = ", ".join(DEFAULT_ANALYSES)
+    problems.extend(f"unknown analysis {a!r}; available: {known}" for a in values["analyses"]
+                    if a not in DEFAULT_ANALYSES)
+    from ..merging import available_methods
+
+    problems.extend(f"unknown method {m!r}; available: {', '.join(available_methods())}" for m in values["methods"]
+                    if m not in available_methods())
+    problems.raise_if_any("invalid demo configuration")
+    quick = values["quick"]
+    steps = values["pretrain_steps"] or (60 if quick else PretrainSettings.steps)
+    return DemoPlan(
+        config=source, model=values["model"]["name"], num_tasks=values["num_tasks"] or (4 if quick else 8),
+        methods=tuple(values["methods"]), analyses=tuple(values["analyses"]),
+        data_location=Path(values["data_location"]), model_location=Path(values["model_location"]),
+        results_dir=Path(values["results_dir"]),
+        pretrained=Path(values["pretrained"]) if values["pretrained"] else None,
+        pretrain=PretrainSettings(steps=steps, warmup_steps=min(30, steps // 5)),
+        finetune_epochs=values["finetune_epochs"],
+        finetune_max_steps=values["finetune_max_steps"] or (20 if quick else None),
+        n_eval_points=values["n_eval_points"] or (6 if quick else 31), force=values["force"],
+        progress=values["progress"],
+    )
+
+
+def _step(what: str, command: Sequence[str], run: Callable[[], object]) -> float:
+    """Print a step and the command line that does the same by hand, run it; raise if it fails."""
     print(f"\n==> {what}\n$ {shlex.join(command)}", flush=True)
     started = time.perf_counter()
-    completed = subprocess.run(list(command), cwd=REPO_ROOT, check=False)
-    if completed.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit status {completed.returncode}): {shlex.join(command)}")
+    try:
+        status = run()
+    except SystemExit as exc:  # a recipe that reports its own error and exits
+        status = exc.code
+    if isinstance(status, int) and status != 0:
+        raise RuntimeError(f"{what} failed (exit status {status}): {shlex.join(command)}")
     return time.perf_counter() - started
 
 
@@ -85,19 +121,34 @@ def _newer_than(path: Path, inputs: Sequence[Path]) -> bool:
 
 def run_demo(plan: DemoPlan) -> dict[str, object]:
     """Run every step of ``plan``; returns the timings, the summary rows and the written files."""
+    from ..analysis.commands import check_analysis_config, parse_params, run_analysis
+    from ..analysis.common import Workspace
+    from ..analysis.report import write_report
+    from ..config import settings_from_config
+    from ..evaluation.merge_eval import run_merge_evaluation
+    from ..evaluation.single_task import run_single_task
+    from ..evaluation.single_task_settings import single_task_settings
+    from ..training.run import run_finetuning
+    from ..training.settings import finetune_config
+
+    if plan.config is None:
+        raise ValueError("DemoPlan.config: the folder of the entry points' YAML files is needed")
     plan = plan.resolved()
+    source = plan.config
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    spec = load_model_spec(plan.model, [REPO_ROOT / "config"])
+    problems = Problems()
+    spec = model_spec(to_container(compose_config(source, "demo", [f"model={plan.model}"]).model), problems)
+    problems.raise_if_any(f"invalid model config {plan.model}")
+    assert spec is not None
     if spec.benchmark != "synthetic" or not spec.pretrained:
-        raise RuntimeError(f"model {plan.model!r} is not a demo model: the demo needs `benchmark: synthetic` and a "
-                           "`pretrained` file name in its config (see config/model/demo.yaml)")
+        raise ConfigError(f"model {plan.model!r} is not a demo model: the demo needs `benchmark: synthetic` and a "
+                          "`pretrained` file name in its config (see config/model/demo.yaml)")
     tasks = task_list(plan.num_tasks, benchmark=spec.benchmark)
     pretrained = plan.pretrained or plan.model_location / plan.model / Path(str(spec.pretrained)).name
-    python = [plan.python]
-    common = [f"--model={plan.model}", f"--model-location={plan.model_location}",
-              f"--data-location={plan.data_location}", f"--results-dir={plan.results_dir}"]
-    quiet = [] if plan.progress else ["--no-progress"]
+    locations = {"model_location": plan.model_location, "data_location": plan.data_location,
+                 "results_dir": plan.results_dir}
+    model = [f"model={plan.model}"]
 
     # 1. The synthetic tasks (generated once, cached under the data location).
     tick = time.perf_counter()
@@ -116,46 +167,59 @@ def run_demo(plan: DemoPlan) -> dict[str, object]:
     timings["pretrain_s"] = time.perf_counter() - tick
 
     # 3. Fine-tuning, one checkpoint per task in the published layout (tasks already fine-tuned are skipped).
-    finetune = [*python, "finetune.py", *common, f"--pretrained={pretrained}", f"--train-dataset={','.join(tasks)}",
-                "--no-eval", "--num-workers=0", *quiet]
-    if plan.finetune_epochs is not None:
-        finetune.append(f"--epochs={plan.finetune_epochs}")
-    if plan.finetune_max_steps is not None:
-        finetune.append(f"--max-steps={plan.finetune_max_steps}")
-    timings["finetune_s"] = _run(finetune, "fine-tuning the image encoder on each task")
+    finetune = _overrides({**locations, "pretrained": pretrained, "train_dataset": tasks, "evaluate": False,
+                           "num_workers": 0, "progress": plan.progress, "epochs": plan.finetune_epochs,
+                           "max_steps": plan.finetune_max_steps})
+    cfg = finetune_config(compose_config(source, "finetune", [*model, *finetune]))
+    timings["finetune_s"] = _step("fine-tuning the image encoder on each task",
+                                  ["python", "finetune.py", f"--model={plan.model}", *finetune],
+                                  lambda: run_finetuning(cfg))
     checkpoints = [finetuned_checkpoint_path(plan.model_location, plan.model, f"{d}Val") for d in tasks]
 
     # 4. Single-task accuracies of the fine-tuned models: the denominators of normalized accuracy.
     accuracies = single_task_accuracy_path(plan.results_dir, plan.model)
     if plan.force or not _newer_than(accuracies, checkpoints) or not _has_keys(accuracies, tasks):
-        evaluate = [*python, "eval_single_task.py", *common, "--finetuning-mode=standard",
-                    f"--train-dataset={','.join(tasks)}", "--num-workers=0", *quiet]
-        timings["single_task_s"] = _run(evaluate, "evaluating each fine-tuned model on its own task")
+        evaluate = _overrides({**locations, "finetuning_mode": "standard", "datasets": tasks, "num_workers": 0,
+                               "progress": plan.progress})
+        settings = single_task_settings(compose_config(source, "eval_single_task", [*model, *evaluate]))
+        timings["single_task_s"] = _step("evaluating each fine-tuned model on its own task",
+                                         ["python", "eval_single_task.py", f"--model={plan.model}", *evaluate],
+                                         lambda: print(run_single_task(**settings).table))
     else:
         print(f"\n==> single-task accuracies: {accuracies} (cached)", flush=True)
 
     # 5. Every merge method: merged once, α chosen on validation, evaluated on every test split.
-    hydra_common = [f"model={plan.model}", f"num_tasks={plan.num_tasks}", f"data_location={plan.data_location}",
-                    f"model_location={plan.model_location}", f"results_dir={plan.results_dir}",
-                    f"model.pretrained={pretrained}", f"n_eval_points={plan.n_eval_points}", "num_workers=0",
-                    f"progress={str(plan.progress).lower()}",
-                    f"hydra.sweep.dir={plan.results_dir / 'runs'}/${{now:%Y-%m-%d_%H-%M-%S}}"]
+    common = [*model, *_overrides({"num_tasks": plan.num_tasks, **locations, "model.pretrained": pretrained,
+                                   "num_workers": 0, "progress": plan.progress})]
     fresh = set() if plan.force else _fresh_methods(plan, tasks, [accuracies, *checkpoints])
     todo = [m for m in plan.methods if m not in fresh]
+    tick = time.perf_counter()
+    for method in todo:
+        overrides = [*common, f"method={method}", f"n_eval_points={plan.n_eval_points}"]
+        composed = compose_config(source, "config", overrides)
+        run = settings_from_config(composed)
+        _step(f"merging and evaluating: {method}", ["python", "main.py", *overrides],
+              lambda run=run, composed=composed: print(run_merge_evaluation(run, None, to_container(composed)).table))
     if todo:
-        merge = [*python, "main.py", "--multirun", f"method={','.join(todo)}", *hydra_common]
-        timings["merge_eval_s"] = _run(merge, f"merging and evaluating: {', '.join(todo)}")
+        timings["merge_eval_s"] = time.perf_counter() - tick
     else:
         print("\n==> merge results: all cached", flush=True)
 
     # 6. (optional) The paper's analyses on the demo checkpoints, and the Table 2-style report.
     if plan.analyses:
-        analyze = [*python, "analyze.py", "--multirun", f"analysis={','.join(plan.analyses)}",
-                   *[a for a in hydra_common if not a.startswith("n_eval_points")]]
-        timings["analyses_s"] = _run(analyze, f"analyses: {', '.join(plan.analyses)}")
-        report = [*python, "report.py", f"--results-dir={plan.results_dir}",
-                  f"--out={plan.results_dir / 'report'}"]
-        timings["report_s"] = _run(report, "Table 2-style report and radar chart of every result file")
+        tick = time.perf_counter()
+        for analysis in plan.analyses:
+            overrides = [*common, f"analysis={analysis}"]
+            composed = compose_config(source, "analyze", overrides)
+            check_analysis_config(composed)
+            _step(f"analysis: {analysis}", ["python", "analyze.py", *overrides],
+                  lambda composed=composed, analysis=analysis: run_analysis(
+                      analysis, Workspace(composed, source), parse_params(analysis, composed.analysis)))
+        timings["analyses_s"] = time.perf_counter() - tick
+        report_dir = plan.results_dir / "report"
+        timings["report_s"] = _step("Table 2-style report and radar chart of every result file",
+                                    ["python", "report.py", f"--results-dir={plan.results_dir}", f"--out={report_dir}"],
+                                    lambda: write_report(plan.results_dir, report_dir))
 
     # 7. Table and chart.
     rows = summarize(plan.results_dir, plan.model, tasks)
@@ -167,6 +231,12 @@ def run_demo(plan: DemoPlan) -> dict[str, object]:
     print("files: " + ", ".join(str(p) for p in files.values()))
     print("time: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in timings.items()))
     return {"timings": timings, "rows": rows, "files": files}
+
+
+def _overrides(values: Mapping[str, Any]) -> list[str]:
+    """``key=value`` Hydra overrides (None values left out: the schema's default applies)."""
+    return [f"{key}={quote(value if not isinstance(value, Path) else str(value))}" for key, value in values.items()
+            if value is not None]
 
 
 def _has_keys(path: Path, tasks: Sequence[str]) -> bool:

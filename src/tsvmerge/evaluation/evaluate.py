@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..data.cache import cached_split
 from ..data.task_dataset import TaskDataset
 from ..models.preprocess import InputNormalizer
-from ..utils.device import resolve_device
+from ..utils.device import activate_device, autocast_precision, resolve_device
 from .metrics import top1
 
 __all__ = ["CachePolicy", "EvalSplit", "Evaluator", "Runtime"]
@@ -40,11 +40,20 @@ _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class Runtime:
-    """Where and how forward passes run."""
+    """Where and how forward passes run.
+
+    On a GPU, creating a Runtime makes that GPU the current one (:func:`tsvmerge.utils.device.activate_device`:
+    pinned-memory copies and DataLoader pin threads then use it, not GPU 0) and gives ``device`` its index; ``bf16``
+    becomes ``fp16`` on GPUs without native bfloat16 (one logged warning).
+    """
 
     device: torch.device
     precision: Precision = "bf16"
     channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        self.device = activate_device(self.device)
+        self.precision = autocast_precision(self.device, self.precision)  # type: ignore[assignment]
 
     @classmethod
     def create(cls, device: str = "auto", precision: Precision = "bf16", channels_last: bool = True) -> Runtime:

@@ -13,6 +13,7 @@ Reads top to bottom:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import time
@@ -27,12 +28,12 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..checkpoints.paths import tall_mask_paths
 from ..checkpoints.state_dict import open_state_dict
-from ..checkpoints.tall_mask_files import save_tall_masks
+from ..checkpoints.tall_mask_files import check_mask_file, read_mask_record, save_tall_masks
 from ..config import RunSettings
 from ..data import class_synonyms, get_dataset, templates
 from ..data.registry import default_num_workers
 from ..data.task_dataset import TaskDataset
-from ..merging import MergeMethod, TaskVectors, build_method, flat_task_masks, merge
+from ..merging import MaskFiles, MergeMethod, TaskVectors, build_method, flat_task_masks, merge
 from ..models.encoder import build_image_encoder
 from ..models.factory import ModelSpec
 from ..models.preprocess import split_preprocess
@@ -102,46 +103,77 @@ def build_eval_data(spec: ModelSpec, datasets: list[str], preprocess: Any, *, da
     return EvalData(val, test, {d: h.to(runtime.device).eval() for d, h in heads.items()})
 
 
-def _preflight(settings: RunSettings) -> tuple[Path, list[Path], dict[str, float], Path | None]:
+def _preflight(settings: RunSettings, method: MergeMethod,
+               result: Path) -> tuple[Path, list[Path], dict[str, float], Path | None]:
     spec, loc, datasets = settings.model, settings.model_location, settings.datasets
     check = Preflight(f"{settings.method} on {spec.name} ({settings.num_tasks} tasks)")
     zeroshot = check.zeroshot(loc, spec.name, datasets)
-    finetuned = [] if settings.method == "zeroshot" else check.finetuned(loc, spec.name, datasets)
-    mask_file = _mask_file(settings, check)
+    finetuned = check.finetuned(loc, spec.name, datasets) if method.uses_finetuned else []
+    mask_file = _mask_file(settings, method, check)
     check.heads(spec, loc, datasets)
     accuracies = check.accuracies(settings.ft_accuracies, [f"{d}Val" for d in datasets] + list(datasets))
     check.data(settings.data_location, datasets)
+    check.writable(result.parent, "results_dir")
     check.raise_if_missing()
     assert accuracies is not None
     return zeroshot, finetuned, accuracies, mask_file
 
 
-def _mask_file(settings: RunSettings, check: Preflight) -> Path | None:
-    params = settings.method_params
-    needs = (settings.method == "tall_mask" and settings.load_mask) or (
-        settings.method == "consensus" and params.get("tall_lambda") is None)
-    if not needs:
+def mask_file_path(settings: RunSettings, files: MaskFiles) -> Path:
+    """Where this run's TALL masks are saved (and read from, unless ``mask_file`` names a file)."""
+    tasks = None if settings.benchmark_prefix else settings.datasets
+    return tall_mask_paths(settings.model_location, settings.model.name, settings.num_tasks,
+                           bool(files.variant), files.variant.removeprefix("_use_ties_") or "sum", tasks)[0]
+
+
+def _mask_file(settings: RunSettings, method: MergeMethod, check: Preflight) -> Path | None:
+    """The TALL-mask file this run reads or writes (None: it uses none), checked against the run's tasks: a file
+    for other tasks is never read, nor overwritten."""
+    files = method.mask_files()
+    if files is None:
         return None
-    if params.get("mask_file"):
-        path = Path(params["mask_file"])
-        if not path.is_file():
-            check.other.append(f"method.mask_file={str(path)!r} does not exist")
+    names = list(settings.datasets)
+    if files.reads:
+        if files.file:
+            path = Path(files.file)
+            if not path.is_file():
+                check.other.append(f"method.mask_file={str(path)!r} does not exist")
+                return path
+        else:
+            tasks = None if settings.benchmark_prefix else settings.datasets
+            found = existing_mask_file(settings.model_location, settings.model.name, settings.num_tasks,
+                                       bool(files.variant), files.variant.removeprefix("_use_ties_") or "sum", tasks)
+            if found is None:
+                check.other.append(_missing_masks_message(settings, method, files))
+                return None
+            path = found
+        try:
+            check_mask_file(path, names, files.built_with)
+        except (ValueError, OSError) as exc:
+            check.other.append(str(exc))
         return path
-    use_ties, agg = bool(params.get("use_ties", False)), str(params.get("ties_agg", "sum"))
-    found = existing_mask_file(settings.model_location, settings.model.name, settings.num_tasks, use_ties, agg)
-    if found is None:
-        looked = " or ".join(str(p) for p in tall_mask_paths(settings.model_location, settings.model.name,
-                                                               settings.num_tasks, use_ties, agg))
-        ties = f" method.use_ties=true method.ties_agg={agg}" if use_ties else ""
-        tasks = (f"num_tasks={settings.num_tasks}" if settings.benchmark_prefix
-                 else f"DATASETS=[{','.join(settings.datasets)}]")
-        check.other.append(
-            f"saved TALL masks {looked} not found: {settings.method} "
-            f"{'with load_mask=true ' if settings.method == 'tall_mask' else ''}reads the masks of a tall_mask run; "
-            f"run `python main.py model={settings.model.name} method=tall_mask {tasks}{ties}` first "
-            "(or download them from nik-dim/tall_masks, folder tall_masks/<model>/)"
-        )
-    return found
+    path = mask_file_path(settings, files)
+    if path.is_file():
+        try:
+            check_mask_file(path, names, files.built_with)
+            record = read_mask_record(path)
+            if record is not None and list(record["tasks"]) != names:
+                raise ValueError(f"{path} holds TALL masks for {record['tasks']}, this run merges {names}")
+        except (ValueError, OSError) as exc:
+            check.other.append(f"{exc}; this run would overwrite it: move it away, or run with other tasks")
+    check.writable(path.parent, "the TALL-mask folder")
+    return None
+
+
+def _missing_masks_message(settings: RunSettings, method: MergeMethod, files: MaskFiles) -> str:
+    looked = mask_file_path(settings, files)
+    tasks = (f"num_tasks={settings.num_tasks}" if settings.benchmark_prefix
+             else f"DATASETS=[{','.join(settings.datasets)}]")
+    ties = "".join(f" method.{k}={str(v).lower() if isinstance(v, bool) else v}"
+                   for k, v in files.built_with.items() if k != "use_ties" or v)
+    return (f"saved TALL masks {looked} not found: {settings.method} reads the masks of a tall_mask run; run "
+            f"`python main.py model={settings.model.name} method=tall_mask {tasks}{ties}` first "
+            "(or download them from nik-dim/tall_masks, folder tall_masks/<model>/)")
 
 
 def settings_result_path(settings: RunSettings, method: MergeMethod | None = None) -> Path:
@@ -160,12 +192,12 @@ def run_merge_evaluation(settings: RunSettings, run_dir: Path | None = None,
     started = time.perf_counter()
     timing: dict[str, float] = {}
     spec, datasets, progress = settings.model, settings.datasets, settings.progress
-    zeroshot_path, finetuned_paths, ft_acc, mask_file = _preflight(settings)
-
-    params = dict(settings.method_params)
+    method = build_method(settings.method, settings.method_params)
+    path = settings_result_path(settings, method)
+    zeroshot_path, finetuned_paths, ft_acc, mask_file = _preflight(settings, method, path)
     if mask_file is not None:
-        params["mask_file"] = str(mask_file)
-    method = build_method(settings.method, params)
+        method = method.with_mask_file(str(mask_file))
+    params = {f.name: getattr(method, f.name) for f in dataclasses.fields(method)}
     if settings.specify_lambda is not None and method.alpha_grid_max is None:
         log.warning("specify_lambda applies to methods with an α grid; %s uses α=%g", settings.method,
                     method.default_alpha)
@@ -189,7 +221,7 @@ def run_merge_evaluation(settings: RunSettings, run_dir: Path | None = None,
 
         tick = time.perf_counter()
         tasks = None
-        if settings.method == "zeroshot":
+        if not method.uses_finetuned:
             result = None
         else:
             finetuned = [open_state_dict(p) for p in finetuned_paths]
@@ -208,7 +240,6 @@ def run_merge_evaluation(settings: RunSettings, run_dir: Path | None = None,
         timing["evaluation_s"] = time.perf_counter() - tick
         timing["total_s"] = time.perf_counter() - started
 
-        path = settings_result_path(settings, method)
         payload: dict[str, Any] = {
             "schema": RESULT_SCHEMA,
             "model": spec.name,
@@ -301,18 +332,16 @@ def _task_specific(settings, method, result, tasks, data, evaluator, weights, ft
     val_best = metrics_section({f"{d}Val": per_choice[keys[c]][f"{d}Val"] for d, c in zip(datasets, chosen)},
                                ft_acc)
     choices = {d: labels[c] for d, c in zip(datasets, chosen)}
-    if settings.method == "tall_mask":
-        if mask_file is None:
-            path = tall_mask_paths(settings.model_location, settings.model.name, len(datasets),
-                                   bool(settings.method_params.get("use_ties", False)),
-                                   str(settings.method_params.get("ties_agg", "sum")))[0]
-            save_tall_masks(path, flat_task_masks(result, tasks, chosen))
-            log.info("saved the chosen TALL masks to %s", path)
-            extra["tall_mask_file"] = str(path)
-            extra["tall_mask_saved"] = True
-        else:
-            extra["tall_mask_file"] = str(mask_file)
-            extra["tall_mask_saved"] = False
+    files = method.mask_files()
+    if files is not None and files.writes:
+        path = mask_file_path(settings, files)
+        save_tall_masks(path, flat_task_masks(result, tasks, chosen), built_with=files.built_with)
+        log.info("saved the chosen TALL masks to %s", path)
+        extra["tall_mask_file"] = str(path)
+        extra["tall_mask_saved"] = True
+    elif files is not None:
+        extra["tall_mask_file"] = str(mask_file)
+        extra["tall_mask_saved"] = False
     test_accs = {}
     for t, d in enumerate(tqdm(datasets, desc="tasks (test)", disable=not settings.progress, unit="task")):
         weights.set(result.task_specific_vector(t, chosen[t]), alpha)
@@ -343,21 +372,20 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def run_from_hydra(cfg: Any) -> float:
-    """Body of ``main.py``: validate, run, print the table; user errors exit with status 2 and a message."""
+    """Body of ``main.py`` under Hydra: validate, run, print the table; user errors exit with status 2 and one
+    message (raised as SystemExit, which Hydra passes through)."""
     import sys
 
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
 
-    from ..config import settings_from_config
+    from ..config import settings_from_config, to_container
 
     try:
         settings = settings_from_config(cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
-        config = OmegaConf.to_container(cfg, resolve=True)
-        outcome = run_merge_evaluation(settings, run_dir, config)  # type: ignore[arg-type]
+        outcome = run_merge_evaluation(settings, run_dir, to_container(cfg))
     except user_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"main.py: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     print(outcome.table)
     print(f"results: {outcome.path}" + "".join(f"\n  copy: {p}" for p in outcome.copies))

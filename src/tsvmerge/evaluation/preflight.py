@@ -6,6 +6,7 @@ within seconds and says which files are missing, where to get them and how to tr
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,11 +88,18 @@ class Preflight:
     def data(self, location: str | Path, datasets: Sequence[str]) -> None:
         self.datasets.extend(dataset_problems(location, datasets))
 
+    def writable(self, folder: str | Path, what: str) -> None:
+        """An output folder that exists or can be created, and can be written to (checked before any work)."""
+        problem = output_folder_problem(Path(folder))
+        if problem:
+            self.other.append(f"{what} {str(folder)!r}: {problem}")
+
     def raise_if_missing(self) -> None:
         if not (self.checkpoints or self.other or self.datasets):
             return
         count = len(self.checkpoints) + len(self.other) + len(self.datasets)
-        lines = [f"Cannot start {self.what}: {count} required input{'s are' if count > 1 else ' is'} missing."]
+        lines = [f"Cannot start {self.what}: {count} required input{'s are' if count > 1 else ' is'} missing "
+                 "or unusable."]
         if self.checkpoints:
             lines.append(f"\nMissing checkpoint files ({len(self.checkpoints)}):")
             lines += [f"  - {p}" for p in self.checkpoints]
@@ -122,9 +130,24 @@ def dataset_problems(location: str | Path, datasets: Sequence[str]) -> list[str]
 
 
 def existing_mask_file(model_location: str | Path, model: str, num_tasks: int, use_ties: bool,
-                       ties_agg: str) -> Path | None:
+                       ties_agg: str, datasets: Sequence[str] | None = None) -> Path | None:
     """The saved TALL-mask file of this setting, if any (both published TIES names are accepted)."""
-    for path in tall_mask_paths(model_location, model, num_tasks, use_ties, ties_agg):
+    for path in tall_mask_paths(model_location, model, num_tasks, use_ties, ties_agg, datasets):
         if path.is_file():
             return path
+    return None
+
+
+def output_folder_problem(folder: Path) -> str | None:
+    """Why files cannot be written into ``folder`` (None: they can): the nearest existing ancestor must be a
+    writable directory."""
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
     return None

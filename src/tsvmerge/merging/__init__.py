@@ -2,10 +2,19 @@
 
 from . import methods as _methods  # noqa: F401  (registers the methods)
 from .engine import MergeResult, apply_task_vector, flat_task_masks, merge
-from .registry import EntryMerge, MergeMethod, available_methods, build_method, method_parameters, register
+from .registry import (
+    EntryMerge,
+    MaskFiles,
+    MergeMethod,
+    available_methods,
+    build_method,
+    method_parameters,
+    register,
+    unregister,
+)
 from .task_vectors import TaskEntry, TaskVectors
 
 __all__ = [
-    "EntryMerge", "MergeMethod", "MergeResult", "TaskEntry", "TaskVectors", "apply_task_vector",
-    "available_methods", "build_method", "flat_task_masks", "merge", "method_parameters", "register",
+    "EntryMerge", "MaskFiles", "MergeMethod", "MergeResult", "TaskEntry", "TaskVectors", "apply_task_vector",
+    "available_methods", "build_method", "flat_task_masks", "merge", "method_parameters", "register", "unregister",
 ]

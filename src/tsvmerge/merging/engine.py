@@ -7,6 +7,7 @@ value is θ0's own (file-backed) tensor.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import deque
@@ -22,6 +23,10 @@ from torch import Tensor
 from .registry import EntryMerge, MergeMethod, build_method
 from .task_vectors import TaskEntry, TaskVectors
 from .tsv import LowRankFactors
+
+
+class NonFiniteResultError(ValueError):
+    """A merged tensor holds NaN or ±inf (e.g. a too large α overflowing a float16 model); it is never written."""
 
 
 @dataclass
@@ -158,11 +163,14 @@ def _to_cpu(value: Tensor | LowRankFactors | None) -> Tensor | LowRankFactors | 
 def apply_task_vector(pretrained: Mapping[str, Tensor],
                       task_vector: Mapping[str, Tensor] | Iterator[tuple[str, Tensor]],
                       alpha: float = 1.0, *, inplace: bool = False) -> dict[str, Tensor]:
-    """θ0 + α·τ for every entry of θ0, in θ0's dtypes.
+    """θ0 + α·τ for every entry of θ0, computed in float32 and stored in θ0's dtypes.
 
     Entries absent from ``task_vector`` are θ0's own tensors (not copied). With ``inplace`` the
     task-vector tensors are reused as output buffers, so no second model-sized buffer is allocated.
+    Raises NonFiniteResultError rather than return an entry holding NaN or ±inf.
     """
+    if not math.isfinite(alpha):
+        raise NonFiniteResultError(f"the scaling coefficient α must be a finite number, got {alpha}")
     items = task_vector.items() if isinstance(task_vector, Mapping) else task_vector
     merged: dict[str, Tensor] = {key: pretrained[key] for key in sorted(pretrained.keys())}
     for key, tau in items:
@@ -171,5 +179,16 @@ def apply_task_vector(pretrained: Mapping[str, Tensor],
             raise ValueError(f"task vector entry {key!r} has shape {tuple(tau.shape)}, θ0 has {tuple(base.shape)}")
         out = tau if inplace and tau.dtype == torch.float32 else tau.to(torch.float32, copy=True)
         out.mul_(alpha).add_(base.to(torch.float32))
-        merged[key] = out.to(base.dtype)
+        merged[key] = _finite(out.to(base.dtype), key, alpha)
     return merged
+
+
+def _finite(value: Tensor, key: str, alpha: float) -> Tensor:
+    """``value`` itself, checked to hold no NaN / ±inf before it can reach a file."""
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise NonFiniteResultError(
+            f"the merged entry {key!r} would hold {bad} NaN or infinite value(s) ({value.dtype}, α={alpha:g}); "
+            "nothing was written. Use a smaller α, or check the inputs."
+        )
+    return value

@@ -6,6 +6,7 @@ Each class only wires its parameters to the pure tensor functions of ``tsv``, ``
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -13,9 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checkpoints.tall_mask_files import load_tall_masks
+from ..checkpoints.tall_mask_files import check_mask_file, load_tall_masks
 from .interference import interference_per_block, singular_task_interference
-from .registry import EntryMerge, MergeMethod, register
+from .registry import EntryMerge, MaskFiles, MergeMethod, register
 from .sparsify import (
     TALL_LAMBDAS,
     TiesAggregation,
@@ -60,6 +61,7 @@ class ZeroShot(MergeMethod):
 
     name: ClassVar[str] = "zeroshot"
     default_alpha: ClassVar[float] = 0.0
+    uses_finetuned: ClassVar[bool] = False
 
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
         return EntryMerge()  # no τMT entry: every entry of the merged model is θ0's
@@ -68,6 +70,14 @@ class ZeroShot(MergeMethod):
 @dataclass
 class _TopKSum(MergeMethod):
     k: float = 100.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.k <= 100:
+            raise ValueError(f"{self.name}: k={self.k} is outside (0, 100]; k is the percentage of each task "
+                             "vector's largest-magnitude entries kept (100 keeps them all)")
+
+    def run_name(self) -> str:
+        return f"{self.name}_k{self.k:g}"
 
     def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
         self._thresholds = _task_thresholds(tasks, self.k)
@@ -109,6 +119,14 @@ class Ties(MergeMethod):
     k: float = 20.0
     agg: TiesAggregation = "mean"
 
+    def __post_init__(self) -> None:
+        if not 0 < self.k <= 100:
+            raise ValueError(f"{self.name}: k={self.k} is outside (0, 100]; k is the percentage of each task "
+                             "vector's largest-magnitude entries kept (100 keeps them all)")
+
+    def run_name(self) -> str:
+        return f"{self.name}_k{self.k:g}_{self.agg}"
+
     def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
         self._thresholds = _task_thresholds(tasks, self.k)
         # Elected signs of exactly 0 take the sign of the sum of all elected signs (published rule):
@@ -134,8 +152,16 @@ class MagnitudeMasking(MergeMethod):
     task_specific: ClassVar[bool] = True
     k: float = 20.0
 
+    def __post_init__(self) -> None:
+        if not 0 < self.k <= 100:
+            raise ValueError(f"{self.name}: k={self.k} is outside (0, 100]; k is the percentage of each task "
+                             "vector's largest-magnitude entries kept (100 keeps them all)")
+
     def mask_labels(self) -> tuple[Any, ...]:
         return (f"top-{self.k:g}%",)
+
+    def run_name(self) -> str:
+        return f"{self.name}_k{self.k:g}"
 
     def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
         self._thresholds = _task_thresholds(tasks, self.k)
@@ -156,6 +182,24 @@ class _MergedForMasks(MergeMethod):
     use_ties: bool = False
     ties_agg: TiesAggregation = "sum"
     ties_k: float = 20.0
+    mask_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ties_k <= 100:
+            raise ValueError(f"{self.name}: ties_k={self.ties_k} is outside (0, 100]; it is the percentage of each "
+                             "task vector's largest-magnitude entries TIES keeps")
+
+    @property
+    def _variant(self) -> str:
+        """The published file-name part of masks built on TIES (``_use_ties_<agg>``)."""
+        return f"_use_ties_{self.ties_agg}" if self.use_ties else ""
+
+    def _built_with(self) -> dict[str, Any]:
+        return {"use_ties": self.use_ties, **({"ties_agg": self.ties_agg, "ties_k": self.ties_k}
+                                              if self.use_ties else {})}
+
+    def with_mask_file(self, path: str) -> MergeMethod:
+        return dataclasses.replace(self, mask_file=str(path))
 
     def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
         self._ties = Ties(k=self.ties_k, agg=self.ties_agg) if self.use_ties else None
@@ -184,11 +228,22 @@ class TallMask(_MergedForMasks):
 
     name: ClassVar[str] = "tall_mask"
     task_specific: ClassVar[bool] = True
-    mask_file: str | None = None
+    load_mask: bool = False
+
+    def run_name(self) -> str:
+        return f"{self.name}{self._variant}"
+
+    def mask_files(self) -> MaskFiles:
+        reads = self.load_mask or self.mask_file is not None
+        return MaskFiles(reads=reads, writes=not reads, variant=self._variant, file=self.mask_file,
+                         built_with=self._built_with())
 
     def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
+        if self.load_mask and self.mask_file is None:
+            raise ValueError("tall_mask with load_mask=true reads saved masks: give mask_file=<TALL_mask_*.npy> "
+                             "(main.py finds the file a tall_mask run saved)")
         super().prepare(tasks, progress=progress)
-        self._loaded = _load_task_masks(self.mask_file, tasks) if self.mask_file else None
+        self._loaded = _load_task_masks(self.mask_file, tasks, self._built_with()) if self.mask_file else None
 
     def mask_labels(self) -> tuple[Any, ...]:
         return ("loaded",) if self.mask_file else TALL_LAMBDAS
@@ -216,15 +271,37 @@ class Consensus(_MergedForMasks):
     name: ClassVar[str] = "consensus"
     alpha_grid_max: ClassVar[float | None] = 1.0
     prun_thre_k: int = 2
-    mask_file: str | None = None
     tall_lambda: float | None = None
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.prun_thre_k < 1:
+            raise ValueError(f"consensus: prun_thre_k={self.prun_thre_k} must be at least 1 (the number of task "
+                             "masks that must keep a parameter)")
+        if self.tall_lambda is not None and not (np.isfinite(self.tall_lambda) and self.tall_lambda >= 0):
+            raise ValueError(f"consensus: tall_lambda={self.tall_lambda} must be a finite number >= 0 (the TALL "
+                             "mask threshold λ)")
+
+    def run_name(self) -> str:
+        return f"{self.name}_k{self.prun_thre_k}{self._variant}"
+
+    def mask_files(self) -> MaskFiles | None:
+        if self.tall_lambda is not None:
+            return None  # masks built on the fly with one λ
+        return MaskFiles(reads=True, writes=False, variant=self._variant, file=self.mask_file,
+                         built_with=self._built_with())
+
     def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
+        if self.prun_thre_k > tasks.num_tasks:
+            raise ValueError(f"consensus: prun_thre_k={self.prun_thre_k} but only {tasks.num_tasks} fine-tuned "
+                             "model(s) are merged: no parameter could be kept and the result would be the "
+                             f"pre-trained model itself. Merge at least {self.prun_thre_k} fine-tuned models or "
+                             "lower prun_thre_k.")
         if (self.mask_file is None) == (self.tall_lambda is None):
             raise ValueError("consensus needs TALL masks: give exactly one of mask_file=<TALL_mask_*.npy> "
                              "(saved by a tall_mask run) or tall_lambda=<λ> (build them with one λ)")
         super().prepare(tasks, progress=progress)
-        self._loaded = _load_task_masks(self.mask_file, tasks) if self.mask_file else None
+        self._loaded = _load_task_masks(self.mask_file, tasks, self._built_with()) if self.mask_file else None
 
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
         merged_tv = self._merged_tv(entry)
@@ -249,15 +326,14 @@ class _FlatTaskMasks:
                             for m in self._masks.values()])
 
 
-def _load_task_masks(path: str, tasks: TaskVectors) -> _FlatTaskMasks:
+def _load_task_masks(path: str, tasks: TaskVectors, built_with: dict[str, Any] | None = None) -> _FlatTaskMasks:
+    """The saved masks of the merged tasks, by task name: a file without a mask for one of them (or built with
+    other parameters, when its record says so) is an error naming both task lists."""
     total = sum(end - start for start, end in tasks.flat_offsets().values())
-    saved = load_tall_masks(path, num_entries=total)
     names = [n.removesuffix("Val") for n in tasks.names]
-    if set(names) <= set(saved):
-        saved = {name: saved[name] for name in names}
-    elif len(saved) != tasks.num_tasks:
-        raise ValueError(f"{path} holds masks for {sorted(saved)}, which do not match the {tasks.num_tasks} "
-                         f"merged tasks {names}")
+    check_mask_file(path, names, built_with)
+    saved = load_tall_masks(path, num_entries=total)
+    saved = {name: saved[name] for name in names}
     for name, mask in saved.items():
         if mask.shape[0] != total:
             raise ValueError(f"mask {name!r} in {path} has {mask.shape[0]} entries; the model has {total}")

@@ -37,21 +37,59 @@ class EntryMerge:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class MaskFiles:
+    """How one configuration of a method uses saved TALL-mask files (published format, one mask per task).
+
+    ``reads``: the merge needs a saved file (``file``, or found by the evaluation when none is named);
+    ``writes``: the evaluation saves the masks it selects per task on validation; ``variant``: the part of the
+    published file name that tells how the masks were built (``""`` or ``"_use_ties_<agg>"``).
+    """
+
+    reads: bool
+    writes: bool
+    variant: str = ""
+    #: The file to read, when the configuration names one (else the evaluation finds the saved file).
+    file: str | None = None
+    #: Parameters the masks were built with, recorded in the file and compared when it is read.
+    built_with: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class MergeMethod:
-    """Base class of every merge method; subclasses are dataclasses of their parameters."""
+    """Base class of every merge method; subclasses are dataclasses of their parameters.
+
+    What the rest of the code needs to know about a method is declared here as traits, so that the evaluation,
+    the configuration and the entry points never test a method's name.
+    """
 
     name: ClassVar[str]
     #: α grid upper bound used on validation (grid linspace(0, max, n)[1:]); None means α is fixed.
     alpha_grid_max: ClassVar[float | None] = None
     #: α used when the grid is not searched (zeroshot: 0; TSV-C, masks, average: 1).
     default_alpha: ClassVar[float] = 1.0
-    #: Methods whose tasks are evaluated with their own vector (TSV-C, TALL masks, magnitude masks).
+    #: Methods whose tasks are evaluated with their own vector (TSV-C, TALL masks, magnitude masks); with mask
+    #: choices (:meth:`mask_labels`), each task's choice is selected on its validation split.
     task_specific: ClassVar[bool] = False
+    #: False for a method that is the pre-trained model itself (zero-shot): no fine-tuned checkpoint is read.
+    uses_finetuned: ClassVar[bool] = True
 
     def mask_labels(self) -> tuple[Any, ...]:
         """Labels of the mask choices of mask-producing methods (e.g. TALL's λ values); () for others."""
         return ()
+
+    def run_name(self) -> str:
+        """The method's part of result-file and run-folder names (``ties_k20_mean``): name plus the parameters
+        that tell runs apart."""
+        return self.name
+
+    def mask_files(self) -> MaskFiles | None:
+        """How this configuration reads or writes saved TALL-mask files (None: it does not)."""
+        return None
+
+    def with_mask_file(self, path: str) -> MergeMethod:
+        """The same configuration reading its masks from ``path`` (methods whose :meth:`mask_files` reads)."""
+        raise ValueError(f"method {self.name!r} reads no mask file")
 
     def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
         """First pass over the checkpoints for whole-model statistics (default: none needed)."""
@@ -74,6 +112,11 @@ def register(cls: M) -> M:
         raise ValueError(f"merge method {cls.name!r} is registered twice")
     _METHODS[cls.name] = cls
     return cls
+
+
+def unregister(name: str) -> None:
+    """Remove a method from the registry (methods registered for a while, e.g. by tests or plug-ins)."""
+    _METHODS.pop(name, None)
 
 
 def available_methods() -> list[str]:

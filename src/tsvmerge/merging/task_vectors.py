@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..checkpoints.state_dict import check_compatible
+from ..checkpoints.state_dict import check_compatible, check_finite, source_name
 
 
 def is_mergeable(tensor: Tensor) -> bool:
@@ -60,7 +60,12 @@ class TaskEntry:
 
 
 class TaskVectors:
-    """θ0 and θ1..θT as lazily read mappings, validated to share keys and shapes."""
+    """θ0 and θ1..θT as lazily read mappings, validated to share keys and shapes.
+
+    Every floating-point tensor is checked for NaN / ±inf the first time its entry is read (one cheap reduction,
+    as the entries stream), so a diverged checkpoint is reported, naming its file and key, before anything is
+    written.
+    """
 
     def __init__(self, pretrained: Mapping[str, Tensor], finetuned: Sequence[Mapping[str, Tensor]],
                  names: Sequence[str] | None = None, device: torch.device | str = "cpu") -> None:
@@ -69,18 +74,30 @@ class TaskVectors:
         self.names = list(names) if names is not None else [f"task{i}" for i in range(len(finetuned))]
         if len(self.names) != len(finetuned):
             raise ValueError(f"{len(self.names)} task names for {len(finetuned)} fine-tuned checkpoints")
-        check_compatible(pretrained, finetuned, self.names)
+        self.sources = [source_name(ft, name) for ft, name in zip(finetuned, self.names)]
+        self.pretrained_source = source_name(pretrained, "the pre-trained state dict")
+        check_compatible(pretrained, finetuned, self.sources)
         self.pretrained = pretrained
         self.finetuned = list(finetuned)
         self.device = torch.device(device)
         self.keys = sorted(pretrained.keys())
+        self._checked: set[str] = set()
 
     @property
     def num_tasks(self) -> int:
         return len(self.finetuned)
 
     def entry(self, key: str) -> TaskEntry:
-        return TaskEntry(key, self.pretrained[key], [ft[key] for ft in self.finetuned], self.device)
+        entry = TaskEntry(key, self.pretrained[key], [ft[key] for ft in self.finetuned], self.device)
+        if key not in self._checked:
+            self._check_finite(entry)
+            self._checked.add(key)
+        return entry
+
+    def _check_finite(self, entry: TaskEntry) -> None:
+        check_finite(entry.pretrained, entry.key, self.pretrained_source)
+        for tensor, source in zip(entry.finetuned, self.sources):
+            check_finite(tensor, entry.key, source)
 
     def entries(self, description: str | None = None, *, progress: bool = False,
                 only_mergeable: bool = True) -> Iterator[TaskEntry]:

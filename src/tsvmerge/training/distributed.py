@@ -14,8 +14,8 @@ error. A failing rank ends the run: with ``--world-size`` the parent stops the o
 :class:`DistributedRunError` naming the rank that failed first and its traceback (ranks that only failed because a
 peer disappeared are reported as such); under torchrun its own agent does the same.
 
-Test hook: ``TSVMERGE_FAIL_RANK=<r>`` (and optionally ``TSVMERGE_FAIL_STEP=<s>``, default 1) makes rank ``r`` raise
-at optimizer step ``s`` (see :func:`maybe_inject_failure`); it exists only so that the crash path can be tested.
+GPUs: rank ``i`` of a node uses ``cuda:<local rank>`` when it sees at least one GPU per local rank, and ``cuda:0``
+when it sees exactly one (each rank given its own GPU, e.g. Slurm ``--gpus-per-task=1``); see :func:`select_device`.
 """
 
 from __future__ import annotations
@@ -39,17 +39,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..utils.device import device_scope
+
 __all__ = [
     "DEFAULT_TIMEOUT",
-    "FAIL_RANK_ENV",
-    "FAIL_STEP_ENV",
     "DistContext",
     "DistributedRunError",
-    "InjectedFailure",
     "Launch",
     "detect_launch",
     "launch_local",
-    "maybe_inject_failure",
+    "limit_cpu_threads",
     "process_group",
     "select_device",
 ]
@@ -57,8 +56,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
-FAIL_RANK_ENV = "TSVMERGE_FAIL_RANK"
-FAIL_STEP_ENV = "TSVMERGE_FAIL_STEP"
 
 
 class DistributedRunError(RuntimeError):
@@ -67,10 +64,6 @@ class DistributedRunError(RuntimeError):
     def __init__(self, message: str, rank: int | None = None) -> None:
         super().__init__(message)
         self.rank = rank
-
-
-class InjectedFailure(RuntimeError):
-    """Raised by the ``TSVMERGE_FAIL_RANK`` test hook."""
 
 
 # ------------------------------------------------------------------------------------------------ launch kinds
@@ -94,7 +87,11 @@ class Launch:
 
 
 def detect_launch(environ: Mapping[str, str] | None = None) -> Launch | None:
-    """The torchrun (or any ``env://``-style launcher) environment of this process, or None when not launched so."""
+    """The torchrun (or any ``env://``-style launcher) environment of this process, or None when not launched so.
+
+    The number of processes on this node is ``LOCAL_WORLD_SIZE`` (torchrun exports it); a launcher that does not
+    export it is taken to run every rank on this node.
+    """
     env = os.environ if environ is None else environ
     if "RANK" not in env or "WORLD_SIZE" not in env:
         return None
@@ -106,12 +103,16 @@ def detect_launch(environ: Mapping[str, str] | None = None) -> Launch | None:
         raise ValueError(f"malformed distributed environment (RANK / WORLD_SIZE / LOCAL_RANK): {exc}") from None
     if not 0 <= rank < world_size:
         raise ValueError(f"RANK={rank} is outside 0..WORLD_SIZE-1 (WORLD_SIZE={world_size})")
+    if not 0 <= local_rank < local_world_size <= world_size:
+        raise ValueError(f"LOCAL_RANK={local_rank} / LOCAL_WORLD_SIZE={local_world_size} do not fit WORLD_SIZE="
+                         f"{world_size} (0 <= LOCAL_RANK < LOCAL_WORLD_SIZE <= WORLD_SIZE)")
     return Launch("env", rank, world_size, local_rank, local_world_size,
                   env.get("MASTER_ADDR", "127.0.0.1"), int(env["MASTER_PORT"]) if "MASTER_PORT" in env else None)
 
 
 def select_device(choice: str, local_rank: int = 0, local_world_size: int = 1) -> torch.device:
-    """The device of a rank: ``auto`` (CUDA when available) / ``cuda`` -> ``cuda:<local_rank>``; ``cpu``."""
+    """The device of a rank: ``cpu``; ``cuda:<i>`` as given (one process per node); ``auto`` (CUDA when available) /
+    ``cuda``: :func:`rank_gpu`."""
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -129,11 +130,24 @@ def select_device(choice: str, local_rank: int = 0, local_world_size: int = 1) -
             raise ValueError(f"--device={choice!r} names one GPU, but {local_world_size} processes run on this node; "
                              "use --device=cuda (rank i uses cuda:<local rank>) and CUDA_VISIBLE_DEVICES")
         return device
-    count = torch.cuda.device_count()
-    if local_rank >= count:
-        raise RuntimeError(f"local rank {local_rank} needs GPU cuda:{local_rank} but only {count} GPU(s) are visible; "
-                           "start at most one process per GPU (--world-size / --nproc_per_node)")
-    return torch.device("cuda", local_rank)
+    return rank_gpu(local_rank, local_world_size, torch.cuda.device_count())
+
+
+def rank_gpu(local_rank: int, local_world_size: int, visible: int) -> torch.device:
+    """The GPU of local rank ``local_rank`` among ``local_world_size`` processes on a node, ``visible`` GPUs seen.
+
+    ``cuda:<local rank>`` when the ranks share the node's GPUs (at least one per rank); ``cuda:0`` when this rank sees
+    a single GPU: its own, the launcher having restricted ``CUDA_VISIBLE_DEVICES`` per rank (Slurm
+    ``--gpus-per-task=1``).
+    """
+    if local_rank < visible and local_world_size <= visible:
+        return torch.device("cuda", local_rank)
+    if visible == 1:
+        return torch.device("cuda", 0)
+    raise RuntimeError(f"local rank {local_rank} of {local_world_size} process(es) on this node has no GPU of its "
+                       f"own: {visible} GPU(s) are visible to it. Start at most one process per GPU (--world-size, "
+                       "--nproc_per_node), or give each process exactly one visible GPU (CUDA_VISIBLE_DEVICES, "
+                       "Slurm --gpus-per-task=1); LOCAL_WORLD_SIZE tells the processes per node")
 
 
 # ----------------------------------------------------------------------------------------- the process group
@@ -193,40 +207,34 @@ class DistContext:
 @contextlib.contextmanager
 def process_group(launch: Launch, device: str = "auto",
                   timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> Iterator[DistContext]:
-    """Initialize this rank's process group (``nccl`` on CUDA, ``gloo`` on CPU); destroyed on exit, also on error."""
-    dev = select_device(device, launch.local_rank, launch.local_world_size)
-    if launch.world_size == 1:
-        yield DistContext(device=dev)
-        return
-    backend = "nccl" if dev.type == "cuda" else "gloo"
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
+    """This rank's context: its GPU made current (see :func:`tsvmerge.utils.device.device_scope`) and its process
+    group initialized (``nccl`` on CUDA, ``gloo`` on CPU); the group is destroyed on exit, also on error."""
+    chosen = select_device(device, launch.local_rank, launch.local_world_size)
+    with device_scope(chosen) as dev:
+        if launch.world_size == 1:
+            yield DistContext(device=dev)
+            return
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        _init_process_group(launch, backend, dev, timeout)
+        try:
+            yield DistContext(launch.rank, launch.world_size, launch.local_rank, launch.local_world_size, dev, backend)
+        finally:
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _init_process_group(launch: Launch, backend: str, device: torch.device, timeout: datetime.timedelta) -> None:
+    """Join the group; NCCL is bound to this rank's GPU (``device_id``), so collectives never guess it."""
+    options: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
     if launch.kind == "spawn":
         if launch.port is None:
             raise ValueError("a spawned rank needs the port of the parent's store")
         store = dist.TCPStore(launch.host, launch.port, is_master=False, timeout=timeout)
-        dist.init_process_group(backend, store=store, rank=launch.rank, world_size=launch.world_size, timeout=timeout)
+        dist.init_process_group(backend, store=store, rank=launch.rank, world_size=launch.world_size,
+                                timeout=timeout, **options)
     else:
         dist.init_process_group(backend, init_method="env://", rank=launch.rank, world_size=launch.world_size,
-                                timeout=timeout)
-    try:
-        yield DistContext(launch.rank, launch.world_size, launch.local_rank, launch.local_world_size, dev, backend)
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-# ------------------------------------------------------------------------------------------------ test hook
-
-
-def maybe_inject_failure(rank: int, step: int, environ: Mapping[str, str] | None = None) -> None:
-    """Test hook: raise :class:`InjectedFailure` on rank ``$TSVMERGE_FAIL_RANK`` at step ``$TSVMERGE_FAIL_STEP``."""
-    env = os.environ if environ is None else environ
-    target = env.get(FAIL_RANK_ENV)
-    if target is None or target.strip() == "" or int(target) != rank:
-        return
-    if step == int(env.get(FAIL_STEP_ENV, "1")):
-        raise InjectedFailure(f"injected failure on rank {rank} at step {step} ({FAIL_RANK_ENV} test hook)")
+                                timeout=timeout, **options)
 
 
 # --------------------------------------------------------------------------------------- local multi-process
@@ -256,11 +264,18 @@ def install_termination_handler() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def limit_cpu_threads(local_world_size: int) -> None:
-    """Share the CPU cores among the local ranks unless OMP_NUM_THREADS says otherwise."""
+@contextlib.contextmanager
+def limit_cpu_threads(local_world_size: int) -> Iterator[int]:
+    """Share the CPU cores among the local ranks (unless OMP_NUM_THREADS says otherwise) inside the block; the
+    previous number of threads is restored after it. Yields the number of threads in use."""
+    previous = torch.get_num_threads()
     if local_world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         torch.set_num_threads(max(1, cores // local_world_size))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _write_failure(folder: str, rank: int, exc: BaseException) -> None:

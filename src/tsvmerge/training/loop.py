@@ -8,7 +8,8 @@ every epoch). As the global batches do not depend on the number of ranks (the sa
 ranks take interleaved slices of it), N ranks compute what one process with the same global batch computes.
 
 On CUDA the forward passes run under autocast (``bf16`` by default, ``fp16`` with a gradient scaler, ``fp32``
-disables it); CPU runs float32.
+disables it; ``bf16`` falls back to ``fp16`` on GPUs without native bfloat16); CPU runs float32. A step the gradient
+scaler skips (inf / nan gradients) does not advance the learning-rate schedule.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from .distributed import DistContext, maybe_inject_failure
+from ..utils.device import autocast_precision
+from .distributed import DistContext
 from .protocol import Hyperparameters
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "cosine_with_warmup",
     "lr_factor",
     "make_loader",
+    "optimizer_step",
     "steps_per_epoch",
     "train",
     "trainable_parameters",
@@ -135,6 +138,7 @@ class TrainOutcome:
     accuracy: float  # training top-1 (all ranks) over the last logging interval
     lr: float
     history: list[dict[str, float]] = field(default_factory=list)
+    skipped_steps: int = 0  # steps the fp16 gradient scaler skipped (inf / nan gradients)
 
 
 class _Meter:
@@ -167,6 +171,26 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, params: list[torch.nn.Parameter],
+                   max_grad_norm: float) -> bool:
+    """Clip, step and advance the schedule; return whether the optimizer really stepped.
+
+    The gradient scaler skips the optimizer step when the (unscaled) gradients hold inf / nan and then lowers its
+    scale: the schedule only advances when the scale did not drop, so that skipped steps do not consume it.
+    """
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    stepped = scaler.get_scale() >= scale
+    if stepped:
+        scheduler.step()
+    return stepped
+
+
 def _groups(loader: DataLoader, accumulation: int) -> Iterator[tuple[int, Any]]:
     """(number of micro-batches of the accumulation group the batch belongs to, batch)."""
     total = len(loader)
@@ -186,6 +210,7 @@ def train(ctx: DistContext, classifier: Classifier, params: list[torch.nn.Parame
     """
     hp = settings.hyperparameters
     device = ctx.device
+    precision = autocast_precision(device, settings.precision, announce=ctx.is_main)
     classifier = classifier.to(device)
     classifier.train()
     model: torch.nn.Module = classifier
@@ -203,7 +228,7 @@ def train(ctx: DistContext, classifier: Classifier, params: list[torch.nn.Parame
 
     optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
     scheduler = cosine_with_warmup(optimizer, hp.warmup_steps, total_steps)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and settings.precision == "fp16")
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and precision == "fp16")
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     meter = _Meter(device)
     history: list[dict[str, float]] = []
@@ -212,7 +237,7 @@ def train(ctx: DistContext, classifier: Classifier, params: list[torch.nn.Parame
     bar = tqdm(total=planned, desc=settings.description, unit="step", disable=not (ctx.is_main and settings.progress),
                dynamic_ncols=True)
     started = time.perf_counter()
-    step = samples = 0
+    step = samples = skipped = 0
     epoch = -1
     done = False
     try:
@@ -220,14 +245,13 @@ def train(ctx: DistContext, classifier: Classifier, params: list[torch.nn.Parame
             sampler.set_epoch(epoch)
             micro = 0  # micro-batches of the current accumulation group so far
             for group_size, (images, labels) in _groups(loader, hp.num_grad_accumulation):
-                maybe_inject_failure(ctx.rank, step + 1)
                 images = images.to(device, non_blocking=True)
                 labels = torch.as_tensor(labels).to(device, non_blocking=True)
                 micro += 1
                 last_of_group = micro == group_size
                 sync = contextlib.nullcontext() if last_of_group or not ctx.distributed else model.no_sync()
                 with sync:
-                    with _autocast(device, settings.precision):
+                    with _autocast(device, precision):
                         logits = model(images)
                     loss = loss_fn(logits.float(), labels)
                     scaler.scale(loss / group_size).backward()
@@ -236,13 +260,9 @@ def train(ctx: DistContext, classifier: Classifier, params: list[torch.nn.Parame
                 if not last_of_group:
                     continue
                 micro = 0
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
                 lr = optimizer.param_groups[0]["lr"]
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
+                if not optimizer_step(optimizer, scaler, scheduler, params, hp.max_grad_norm):
+                    skipped += 1
                 step += 1
                 bar.update(1)
                 if settings.checkpoint_every and step % settings.checkpoint_every == 0 and ctx.is_main:
@@ -268,4 +288,4 @@ def train(ctx: DistContext, classifier: Classifier, params: list[torch.nn.Parame
     finally:
         bar.close()
     return TrainOutcome(step, planned, epoch + 1, samples, time.perf_counter() - started, last["loss"],
-                        last["accuracy"], optimizer.param_groups[0]["lr"], history)
+                        last["accuracy"], optimizer.param_groups[0]["lr"], history, skipped)

@@ -59,14 +59,17 @@ class Hyperparameters:
         return self.batch_size * self.num_grad_accumulation
 
     def validate(self, world_size: int = 1) -> None:
+        """Raise ValueError listing every problem; ``world_size`` is the number of processes sharing the batch."""
         problems = []
         if not self.lr > 0:
             problems.append(f"--lr must be positive, got {self.lr}")
         if self.weight_decay < 0:
             problems.append(f"--wd must be >= 0, got {self.weight_decay}")
+        if world_size < 1:
+            problems.append(f"--world-size must be >= 1, got {world_size}")
         if self.batch_size < 1:
             problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
-        elif self.batch_size % world_size:
+        elif world_size >= 1 and self.batch_size % world_size:
             problems.append(f"--batch-size={self.batch_size} (the global batch) must be a multiple of the number of "
                             f"processes ({world_size}): each rank gets batch_size / world_size images")
         if self.num_grad_accumulation < 1:

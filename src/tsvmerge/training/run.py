@@ -49,6 +49,7 @@ from ..models.encoder import ImageEncoder, build_image_encoder
 from ..models.factory import ModelSpec, create_clip
 from ..models.heads import ClassificationHead
 from ..models.zeroshot_heads import load_or_build_heads
+from ..utils.device import autocast_precision
 from .checkpointing import (
     initial_weights_file,
     intermediate_checkpoint_path,
@@ -113,10 +114,16 @@ class FinetuneConfig:
     def timeout(self) -> datetime.timedelta:
         return datetime.timedelta(minutes=self.timeout_minutes)
 
-    def validate(self, world_size: int | None = None) -> None:
+    def validate(self, world_size: int | None = None, local_world_size: int | None = None) -> None:
+        """Every problem of the settings at once (ConfigError). ``world_size`` / ``local_world_size``: the processes
+        of a torchrun launch, in all and on this node (default: ``self.world_size`` local processes)."""
+        processes = self.world_size if world_size is None else world_size
+        local = processes if local_world_size is None else local_world_size
         problems = []
+        if processes < 1:
+            problems.append(f"--world-size must be >= 1, got {processes}")
         try:
-            self.hyperparameters.validate(world_size or self.world_size)
+            self.hyperparameters.validate(max(processes, 1))
         except ValueError as exc:
             problems.append(str(exc))
         if not self.tasks:
@@ -132,10 +139,8 @@ class FinetuneConfig:
             problems.append(f"--max-steps must be >= 1, got {self.max_steps}")
         if self.checkpoint_every < 0:
             problems.append(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
-        if self.world_size < 1:
-            problems.append(f"--world-size must be >= 1, got {self.world_size}")
         try:
-            select_device(self.device, 0, world_size or self.world_size)
+            select_device(self.device, 0, max(local, 1))
         except (RuntimeError, ValueError) as exc:
             problems.append(str(exc))
         if self.precision not in ("bf16", "fp16", "fp32"):
@@ -344,6 +349,7 @@ def _write_record(cfg: FinetuneConfig, ctx: DistContext, dataset: str, outcome: 
         "ranks": ranks,
         "steps": outcome.steps,
         "planned_steps": outcome.planned_steps,
+        "skipped_steps": outcome.skipped_steps,
         "final_train_loss": outcome.loss,
         "final_train_accuracy": outcome.accuracy,
         "history": outcome.history,
@@ -371,9 +377,10 @@ def run_worker(launch: Launch, cfg: FinetuneConfig) -> list[TaskResult]:
     """One rank of the run (or the whole run with ``launch.kind == 'single'``): every task in turn."""
     if launch.kind != "single":
         install_termination_handler()
-    limit_cpu_threads(launch.local_world_size)
-    with process_group(launch, cfg.device, cfg.timeout) as ctx:
+    with limit_cpu_threads(launch.local_world_size), process_group(launch, cfg.device, cfg.timeout) as ctx:
         _configure_logging(ctx, launch)
+        # Decided once per run (and logged once): the checkpoints, the evaluation and the run record all use it.
+        cfg = dataclasses.replace(cfg, precision=autocast_precision(ctx.device, cfg.precision, announce=ctx.is_main))
         tracker = Tracker(cfg.wandb if ctx.is_main else WandbSettings(), json_safe(dataclasses.asdict(cfg)),
                           f"finetune_{cfg.model.name}")
         results = []
@@ -414,7 +421,7 @@ def run_finetuning(cfg: FinetuneConfig, environ: dict[str, str] | None = None) -
         if cfg.world_size not in (1, launch.world_size):
             log.warning("launched by torchrun with WORLD_SIZE=%d: --world-size=%d is ignored", launch.world_size,
                         cfg.world_size)
-        cfg.validate(launch.world_size)
+        cfg.validate(launch.world_size, launch.local_world_size)
         preflight(cfg, model_files=launch.rank == 0)
         return run_worker(launch, cfg)
     cfg.validate()

@@ -7,6 +7,7 @@ record a peak for, so a background thread samples it.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import threading
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from pathlib import Path
 from types import TracebackType
 
 import torch
+
+from .device import device_scope
 
 _STATUS = Path("/proc/self/status")
 
@@ -54,15 +57,24 @@ def _gib(n: int) -> str:
 
 
 class MemoryMonitor:
-    """Context manager sampling RssAnon every ``interval`` seconds (plus CUDA's own peak counter)."""
+    """Context manager sampling RssAnon every ``interval`` seconds (plus CUDA's own peak counter).
 
-    def __init__(self, interval: float = 0.02, device: torch.device | None = None) -> None:
+    On a GPU, that GPU is the current one inside the block (see :func:`tsvmerge.utils.device.device_scope`) and
+    ``device`` holds its index once the block is entered; the previous current GPU is restored on exit.
+    """
+
+    def __init__(self, interval: float = 0.02, device: torch.device | str | None = None) -> None:
         self.interval = interval
-        self.device = device
+        self.device = None if device is None else torch.device(device)
         self._stop = threading.Event()
         self._peak_anon: int | None = None
         self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._scope = contextlib.ExitStack()
         self.report: MemoryReport | None = None
+
+    @property
+    def _on_cuda(self) -> bool:
+        return self.device is not None and self.device.type == "cuda"
 
     def _sample(self) -> None:
         while True:
@@ -73,8 +85,11 @@ class MemoryMonitor:
                 return
 
     def __enter__(self) -> "MemoryMonitor":
-        if self.device is not None and self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        if self._on_cuda:
+            with contextlib.ExitStack() as stack:  # left as it was if resetting the counter fails
+                self.device = stack.enter_context(device_scope(self.device))
+                torch.cuda.reset_peak_memory_stats(self.device)
+                self._scope = stack.pop_all()
         self._thread.start()
         return self
 
@@ -86,6 +101,7 @@ class MemoryMonitor:
         if value is not None:
             self._peak_anon = max(self._peak_anon or 0, value)
         cuda_peak = None
-        if self.device is not None and self.device.type == "cuda":
-            cuda_peak = torch.cuda.max_memory_allocated(self.device)
+        with self._scope:
+            if self._on_cuda:
+                cuda_peak = torch.cuda.max_memory_allocated(self.device)
         self.report = MemoryReport(peak_rss_bytes(), self._peak_anon, cuda_peak)

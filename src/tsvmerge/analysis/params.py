@@ -1,0 +1,144 @@
+"""The analyses' parameters: one dataclass per analysis, the schema of ``config/analysis/<name>.yaml``.
+
+Key names and types are checked by Hydra against the schema generated from these dataclasses
+(:func:`tsvmerge.config.store.analysis_schema`); the allowed values are checked here, when a dataclass is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ANALYSIS_PARAMS",
+    "AblationParams",
+    "AlphaHeatmapParams",
+    "CompressionParams",
+    "ProcrustesParams",
+    "SpectraParams",
+    "StiAccuracyParams",
+    "StiParams",
+    "TruncationParams",
+]
+
+
+def _choice(value: Any, key: str, valid: Sequence[str]) -> None:
+    if value not in valid:
+        raise ValueError(f"analysis.{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+@dataclass
+class StiParams:
+    full_rank: bool = True
+    heatmap: bool = True
+    layer: str | None = None
+    heatmap_rank: str = "low"
+    yscale: str = "log"
+    chunk_size: int = 2048
+    out_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _choice(self.heatmap_rank, "heatmap_rank", ("low", "full"))
+        _choice(self.yscale, "yscale", ("log", "linear"))
+        if self.chunk_size < 1:
+            raise ValueError(f"analysis.chunk_size must be at least 1, got {self.chunk_size}")
+
+
+@dataclass
+class StiAccuracyParams:
+    task_sets: Any = field(default_factory=lambda: [8, 14, 20])
+    methods: dict[str, str] = field(default_factory=lambda: {"sum": "full_rank_before", "TSVM": "low_rank_after"})
+    run_missing: bool = False
+    chunk_size: int = 2048
+    out_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        from .alpha_heatmap import resolve_subsets
+        from .interference import VARIANTS
+
+        if not isinstance(self.methods, dict):
+            raise ValueError(f"analysis.methods must map methods to STI variants, got {self.methods!r}")
+        for method, variant in self.methods.items():
+            _choice(variant, f"methods.{method}", VARIANTS)
+        resolve_subsets(self.task_sets)
+
+
+@dataclass
+class SpectraParams:
+    layers: list[str] | None = None
+    max_panels: int = 6
+    out_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_panels < 1:
+            raise ValueError(f"analysis.max_panels must be at least 1, got {self.max_panels}")
+
+
+@dataclass
+class ProcrustesParams:
+    log_scale: bool = True
+    out_dir: str | None = None
+
+
+@dataclass
+class TruncationParams:
+    fractions: list[float] = field(default_factory=lambda: [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0])
+    split: str = "test"
+    include_zeroshot: bool = True
+    out_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _choice(self.split, "split", ("test", "val"))
+        if not isinstance(self.fractions, list) or not self.fractions or any(
+                isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f <= 1 for f in self.fractions):
+            raise ValueError(f"analysis.fractions must be non-empty, each in (0, 1]; got {self.fractions}")
+
+
+@dataclass
+class AblationParams:
+    methods: list[str] = field(default_factory=lambda: ["sum", "TSVM_lowrank_only", "TSVM_interference_only",
+                                                         "TSVM"])
+    recompute: bool = False
+    out_dir: str | None = None
+
+
+@dataclass
+class AlphaHeatmapParams:
+    methods: list[str] = field(default_factory=lambda: ["TSVM", "sum"])
+    subsets: Any = field(default_factory=lambda: [4, 8, 14, 20])
+    alphas: list[float] | None = None
+    split: str = "test"
+    out_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        from .alpha_heatmap import resolve_subsets
+
+        _choice(self.split, "split", ("test", "val"))
+        resolve_subsets(self.subsets)
+
+
+@dataclass
+class CompressionParams:
+    evaluate: bool = True
+    recompute: bool = False
+    svd: str = "exact"
+    out_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        from ..merging.svd import SVD_MODES
+
+        _choice(self.svd, "svd", SVD_MODES)
+
+
+#: analysis name -> its parameter dataclass
+ANALYSIS_PARAMS: dict[str, type] = {
+    "sti": StiParams,
+    "sti_accuracy": StiAccuracyParams,
+    "spectra": SpectraParams,
+    "procrustes": ProcrustesParams,
+    "truncation": TruncationParams,
+    "ablation": AblationParams,
+    "alpha_heatmap": AlphaHeatmapParams,
+    "compression": CompressionParams,
+}

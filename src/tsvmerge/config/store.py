@@ -1,0 +1,97 @@
+"""Registering the schema in Hydra's ConfigStore, where the YAML files of ``config/`` find it.
+
+Called by every entry point (and by :func:`tsvmerge.config.compose.compose_config`) before composing; importing
+this module registers nothing. The per-method and per-analysis schemas are generated from the method registry and the
+analyses' parameter dataclasses, so a new method or analysis needs no schema of its own: its YAML file names
+``/schema/method/<name>@_here_`` (or ``/schema/analysis/<name>@_here_``) in its defaults list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Optional
+
+from . import schema
+
+__all__ = ["PRIMARY_SCHEMAS", "analysis_schema", "method_schema", "register_configs"]
+
+#: name in the ConfigStore -> schema of an entry point's primary config (``config/<file>.yaml`` defaults list).
+PRIMARY_SCHEMAS: dict[str, type] = {
+    "main_schema": schema.MergeEvalSchema,
+    "analyze_schema": schema.AnalyzeSchema,
+    "finetune_schema": schema.FinetuneSchema,
+    "eval_single_task_schema": schema.EvalSingleTaskSchema,
+    "demo_schema": schema.DemoSchema,
+    "report_schema": schema.ReportSchema,
+}
+
+
+def _config_type(annotation: Any) -> Any:
+    """The OmegaConf-supported form of a parameter's annotation (Literal choices become str, checked later by the
+    method itself; unions other than Optional become Any)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return str
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        inner = _config_type(args[0]) if len(args) == 1 else Any
+        return Optional[inner] if type(None) in typing.get_args(annotation) else inner  # noqa: UP007
+    if annotation in (bool, int, float, str):
+        return annotation
+    return Any
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return "???"
+
+
+def method_schema(cls: type) -> type:
+    """The structured config of a merge method: ``name``, ``full_name`` and the method's own parameters."""
+    hints = typing.get_type_hints(cls)
+    fields: list[tuple[str, Any, Any]] = [
+        ("name", str, dataclasses.field(default=cls.name)),
+        ("full_name", Optional[str], dataclasses.field(default=None)),  # noqa: UP007
+    ]
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        default = _default(f)
+        value = dataclasses.field(default_factory=lambda d=default: d) if isinstance(default, list | dict) \
+            else dataclasses.field(default=default)
+        fields.append((f.name, _config_type(hints[f.name]), value))
+    return dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
+
+
+def analysis_schema(name: str, params: type) -> type:
+    """The structured config of an analysis: ``name`` and its parameter dataclass' fields."""
+    hints = typing.get_type_hints(params)
+    fields: list[tuple[str, Any, Any]] = [("name", str, dataclasses.field(default=name))]
+    for f in dataclasses.fields(params):
+        default = _default(f)
+        value = dataclasses.field(default_factory=lambda d=default: d) if isinstance(default, list | dict) \
+            else dataclasses.field(default=default)
+        fields.append((f.name, _config_type(hints[f.name]) if hints[f.name] not in (list, dict) else Any, value))
+    return dataclasses.make_dataclass(f"{params.__name__}Config", fields)
+
+
+def register_configs() -> None:
+    """Store every schema in Hydra's ConfigStore (idempotent: the same entries are stored again)."""
+    from hydra.core.config_store import ConfigStore
+
+    from ..analysis.params import ANALYSIS_PARAMS
+    from ..merging import available_methods
+    from ..merging.registry import method_class
+
+    store = ConfigStore.instance()
+    for name, node in PRIMARY_SCHEMAS.items():
+        store.store(name=name, node=node)
+    for name in available_methods():
+        store.store(group="schema/method", name=name, node=method_schema(method_class(name)))
+    for name, params in ANALYSIS_PARAMS.items():
+        store.store(group="schema/analysis", name=name, node=analysis_schema(name, params))
