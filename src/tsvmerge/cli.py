@@ -32,7 +32,7 @@ from .merging import (
 )
 from .merging.svd import SVD_MODES
 from .utils.device import resolve_device
-from .utils.entry_point import run_main, user_errors
+from .utils.entry_point import checkpoint_errors, run_main
 from .utils.memory import MemoryMonitor
 
 PROG = "tsvmerge"
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:26s} {params}")
         return 0
     # ValueError / RuntimeError: bad method parameters, an unavailable device.
-    return run_main(PROG, lambda: _merge(args), user_errors=(*user_errors(), ValueError, RuntimeError))
+    return run_main(PROG, lambda: _merge(args), user_errors=(*checkpoint_errors(), ValueError, RuntimeError))
 
 
 # ------------------------------------------------------------------------------------ checks before any work

@@ -248,7 +248,7 @@ def test_sti_vs_accuracy_uses_result_files_and_leaves_missing_ones_out(aworld: W
     (["analysis=truncation", "analysis.split=train"], "analysis.split='train' is not valid; choose one of: test, val"),
     (["analysis=sti", "method.foo=5"], "unknown key 'method.foo' for method=sum; valid method keys"),
     (["analysis=truncation", "analysis.fractions=[0,1]"], "analysis.fractions must be non-empty, each in (0, 1]"),
-    (["analysis=truncation", "analysis.fractions=0.5"], "analysis.fractions must be a list, got 0.5"),
+    (["analysis=truncation", "analysis.fractions=0.5"], "analysis.fractions must be non-empty, each in (0, 1]; got 0.5"),
     (["analysis=alpha_heatmap", "analysis.subsets=[[MNIST,Foo]]"], "analysis.subsets: Unknown dataset 'Foo'"),
 ])
 def test_configuration_errors(aworld: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
@@ -275,21 +275,17 @@ def test_outputs_are_finite_json(aworld: World, monkeypatch: pytest.MonkeyPatch,
 
 
 def _workspace(world: World, tmp_path: Path):
-    """A Workspace built from config/config.yaml like analyze.py's (library use, no Hydra)."""
-    from omegaconf import OmegaConf
-
+    """A Workspace composed from config/config.yaml like analyze.py's (library use, no Hydra application)."""
     from tests.analysis.conftest import REPO
     from tsvmerge.analysis import Workspace
+    from tsvmerge.config import ConfigSource, compose_config
 
-    cfg = OmegaConf.load(REPO / "config" / "config.yaml")
-    del cfg["defaults"]
-    cfg.model = OmegaConf.load(world.conf / "model" / f"{MODEL}.yaml")
-    cfg.method = OmegaConf.load(REPO / "config" / "method" / "sum.yaml")
-    cfg.merge_with({"DATASETS": world.datasets, "data_location": str(world.data), "device": "cpu",
-                    "model_location": str(world.checkpoints), "results_dir": str(tmp_path / "results"),
-                    "ft_accuracies": str(world.ft_accuracies), "num_workers": 0, "batch_size": 4,
-                    "progress": False})
-    return Workspace(cfg)
+    source = ConfigSource(REPO / "config").with_extra([world.conf])
+    cfg = compose_config(source, "config", [
+        f"model={MODEL}", f"DATASETS=[{','.join(world.datasets)}]", f"data_location={world.data}", "device=cpu",
+        f"model_location={world.checkpoints}", f"results_dir={tmp_path / 'results'}",
+        f"ft_accuracies={world.ft_accuracies}", "num_workers=0", "batch_size=4", "progress=false"])
+    return Workspace(cfg, source)
 
 
 def test_each_split_is_preprocessed_once(aworld: World, tmp_path: Path) -> None:

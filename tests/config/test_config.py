@@ -93,7 +93,7 @@ def test_accepted(overrides: list[str], check) -> None:
     (["foo=1"], "unknown config key 'foo'; valid keys: model, method, num_tasks"),
     (["wandb.x=1"], "unknown config key 'wandb.x'; valid wandb keys: mode, project, entity, group"),
     (["method=TSVM", "+method.k=3"], "unknown method TSVM key k; valid method TSVM keys: name, full_name, svd"),
-    (["method=TSVM", "method.k=3"], "unknown config key 'method.k' for method=TSVM; valid method keys: "
+    (["method=TSVM", "method.k=3"], "unknown key 'method.k' for method=TSVM; valid method keys: "
                                     "name, full_name, svd, report_sti"),
     (["method=ties", "method.agg=median"], "agg='median' is not one of mean, sum, max"),
     (["method=ties", "method.k=abc"], "method.k: Value 'abc' of type 'str' could not be converted to Float"),
@@ -121,7 +121,7 @@ def test_rejected(overrides: list[str], expected: str) -> None:
 
 
 @pytest.mark.parametrize("argv,expected", [
-    (["method=TSVM", "method.k=5"], "unknown config key 'method.k' for method=TSVM; valid method keys: name, "
+    (["method=TSVM", "method.k=5"], "unknown key 'method.k' for method=TSVM; valid method keys: name, "
                                     "full_name, svd"),
     (["method=foo"], "unknown method 'foo'; available: average, consensus"),
     (["-m", "method=sum,foo"], "unknown method 'foo'"),

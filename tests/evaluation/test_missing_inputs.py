@@ -57,7 +57,7 @@ def test_consensus_without_saved_masks_says_to_run_tall_mask(world: World, monke
                            f"ft_accuracies={world.ft_accuracies}", run_dir=tmp_path / "run")
     assert run_main(args, monkeypatch) == 2
     err = capsys.readouterr().err
-    assert "TALL_mask_3task_use_ties_sum.npy" in err and "method=tall_mask" in err
+    assert "TALL_mask_3task_MNIST-EuroSAT-DTD_use_ties_sum.npy" in err and "method=tall_mask" in err
 
 
 def test_missing_accuracies_and_dataset_are_reported_together(world: World, monkeypatch: pytest.MonkeyPatch,

@@ -177,3 +177,11 @@ def test_a_crashing_rank_ends_the_run(ft_world: World, tmp_path: Path, monkeypat
     assert (folder / "nonlinear_zeroshot.pt").is_file()  # written before training, complete
     assert not (folder / "nonlinear_finetuned.pt").exists()
     assert not [p for p in (tmp_path / "checkpoints").rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_run_leaves_torch_global_state_as_it_found_it(ft_world: World, tmp_path: Path) -> None:
+    """In-process fine-tuning seeds its own random streams and shares CPU threads only while it runs."""
+    threads, rng = torch.get_num_threads(), torch.random.get_rng_state()
+    assert run_finetune(finetune_args(ft_world, tmp_path, "--no-eval", datasets=["MNIST"])) == 0
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.random.get_rng_state(), rng)

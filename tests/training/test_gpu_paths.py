@@ -10,7 +10,10 @@ import torch
 from tests.gpu.fake_cuda import FakeCuda, fake_cuda  # noqa: F401  (fixture)
 from tsvmerge.training.distributed import Launch, limit_cpu_threads, process_group, rank_gpu, select_device
 from tsvmerge.training.loop import cosine_with_warmup, optimizer_step
+from tsvmerge.config import ConfigError
+from tsvmerge.models.factory import ModelSpec
 from tsvmerge.training.protocol import Hyperparameters
+from tsvmerge.training.run import FinetuneConfig
 
 
 @pytest.mark.parametrize("local_rank,local_world_size,visible,expected", [
@@ -95,3 +98,20 @@ def test_hyperparameters_accept_every_positive_world_size() -> None:
     Hyperparameters(batch_size=8).validate(4)
     with pytest.raises(ValueError, match="multiple of the number of processes"):
         Hyperparameters(batch_size=6).validate(4)
+
+
+@pytest.mark.parametrize("world_size", [0, -1])
+def test_finetune_config_rejects_world_sizes_below_one(world_size: int) -> None:
+    cfg = FinetuneConfig(model=ModelSpec(name="tiny"), tasks=("MNIST",), hyperparameters=Hyperparameters(),
+                         device="cpu", world_size=world_size)
+    with pytest.raises(ConfigError, match=f"--world-size must be >= 1, got {world_size}"):
+        cfg.validate()
+
+
+def test_finetune_config_checks_gpus_per_node_not_per_run(fake_cuda: FakeCuda) -> None:
+    """torchrun on 2 nodes of 2 GPUs: 4 processes in all, 2 per node, each with its own GPU."""
+    cfg = FinetuneConfig(model=ModelSpec(name="tiny"), tasks=("MNIST",), hyperparameters=Hyperparameters(batch_size=8),
+                         device="cuda")
+    cfg.validate(world_size=4, local_world_size=2)
+    with pytest.raises(ConfigError, match="no GPU of its own"):
+        cfg.validate(world_size=4, local_world_size=4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -85,13 +86,19 @@ def test_launch_environment() -> None:
     (["--world-size", "4"], "multiple of the number of processes"),
     (["--train-dataset", "NotADataset"], "Unknown dataset"),
     (["--precision", "fp32", "--device", "tpu"], "cpu or cuda"),
-    (["--world-size", "0"], "--world-size must be >= 1, got 0"),
-    (["--world-size", "-2"], "--world-size must be >= 1, got -2"),
 ])
 def test_invalid_settings_are_rejected_before_any_work(ft_world: World, tmp_path: Path, extra: list[str],
                                                        message: str, capsys: pytest.CaptureFixture) -> None:
     assert run_finetune([*finetune_args(ft_world, tmp_path), *extra]) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("world_size", ["0", "-2"])
+def test_world_sizes_below_one_are_a_configuration_error(ft_world: World, tmp_path: Path, world_size: str,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    assert run_finetune([*finetune_args(ft_world, tmp_path), "--world-size", world_size]) == 2
+    assert re.search(rf"world.size must be (>= 1|at least 1), got {world_size}", capsys.readouterr().err)
     assert not (tmp_path / "checkpoints").exists()
 
 
@@ -104,16 +111,18 @@ def test_missing_inputs_are_listed(ft_world: World, tmp_path: Path, capsys: pyte
     assert "Cannot start fine-tuning" in err and "MNIST" in err and "EuroSAT" in err and "missing.pt" in err
 
 
-def test_train_dataset_flag_spellings() -> None:
+def test_train_dataset_flag_spellings(ft_world: World) -> None:
     import runpy
 
     from tests.training.conftest import FINETUNE
 
     module = runpy.run_path(str(FINETUNE), run_name="finetune")
     args = module["build_parser"]().parse_args(["--train-dataset", "MNISTVal,Cars", "--train-dataset", "DTD",
-                                                "--ls", "0.1", "--warmup-length", "7", "--model", MODEL])
-    assert module["_task_names"](args.train_dataset) == ["MNIST", "Cars", "DTD"]
-    assert (args.label_smoothing, args.warmup_steps) == (0.1, 7)
+                                                "--ls", "0.1", "--warmup-length", "7", "--model", MODEL,
+                                                "--config-dir", str(ft_world.conf)])
+    cfg = module["config_from_args"](args)
+    assert cfg.tasks == ("MNIST", "Cars", "DTD")
+    assert (cfg.hyperparameters.label_smoothing, cfg.hyperparameters.warmup_steps) == (0.1, 7)
 
 
 def test_the_first_rank_failing_on_its_own_is_reported(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ def parse_params(name: str, section: Mapping[str, Any]) -> Any:
         typed = OmegaConf.merge(OmegaConf.structured(analysis_schema(name, cls)), {"name": name, **plain})
     except OmegaConfBaseException as exc:
         message = explain(exc)
-        if message.startswith("unknown config key"):
+        if message.startswith(("unknown config key", "unknown key")):
             key = message.split("'")[1].rpartition(".")[2]
             valid = ["name", *(f.name for f in dataclasses.fields(cls))]
             message = f"unknown key {key} for analysis={name}; valid keys: {', '.join(valid)}"

@@ -21,21 +21,25 @@ import math
 import os
 import sys
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..data import is_benchmark_prefix
 from ..plotting.style import METHOD_LABELS
+from ..utils.entry_point import run_main
 
 __all__ = [
     "METHOD_LABELS",
     "Report",
+    "ResultFileError",
     "ResultRecord",
     "build_report",
     "collect_results",
     "main",
+    "report_from_config",
+    "run_report",
     "write_report",
 ]
 
@@ -85,17 +89,50 @@ def _suffix(path: Path) -> str:
     return stem.split(marker, 1)[1] if marker in stem else ""
 
 
-def read_result(path: Path) -> ResultRecord | None:
-    """A result file of the ``tsvmerge.merge_eval`` schema, or None for any other JSON."""
+class ResultFileError(ValueError):
+    """A file under the results folder that cannot be used: unreadable, not valid JSON, or holding NaN / ±inf."""
+
+
+Warn = Callable[[str], None]
+
+
+def _reject_non_finite(text: str) -> float:
+    raise ValueError(f"it holds the non-finite number {text}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e999, which JSON parses as infinity
+        _reject_non_finite(text)
+    return value
+
+
+def load_json(path: Path) -> Any:
+    """The JSON in ``path``; ResultFileError naming it when it cannot be read or holds a non-finite number."""
     try:
-        payload = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
+        return json.loads(path.read_text(), parse_constant=_reject_non_finite, parse_float=_finite_float)
+    except OSError as exc:
+        raise ResultFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ResultFileError(f"{path}: not a text file") from None
+    except json.JSONDecodeError as exc:
+        raise ResultFileError(f"{path}: not valid JSON ({exc})") from None
+    except ValueError as exc:
+        raise ResultFileError(f"{path}: {exc}") from None
+
+
+def read_result(path: Path) -> ResultRecord | None:
+    """A result file of the ``tsvmerge.merge_eval`` schema, or None for any other JSON.
+
+    Raises ResultFileError for a file that cannot be read or parsed, holds a non-finite number, or has the schema
+    but not its fields.
+    """
+    payload = load_json(path)
     if not isinstance(payload, dict) or not str(payload.get("schema", "")).startswith(RESULT_SCHEMA_PREFIX):
         return None
     test = payload.get("test")
     if not isinstance(test, dict) or not isinstance(payload.get("datasets"), list):
-        return None
+        raise ResultFileError(f"{path}: a result file without its 'test' section or 'datasets' list")
     return ResultRecord(
         path=path, model=str(payload.get("model")), method=str(payload.get("method")),
         full_name=str(payload.get("method_full_name") or payload.get("method")), suffix=_suffix(path),
@@ -104,26 +141,37 @@ def read_result(path: Path) -> ResultRecord | None:
     )
 
 
-def collect_results(results_dir: str | Path) -> list[ResultRecord]:
-    """Every merge result file below ``results_dir`` (hidden / temporary files skipped), sorted by path."""
+def collect_results(results_dir: str | Path, warn: Warn | None = None) -> list[ResultRecord]:
+    """Every merge result file below ``results_dir`` (hidden / temporary files skipped), sorted by path.
+
+    A file that cannot be used is skipped with a warning naming it (``warn``, default: the module's logger), so a
+    missing cell in the tables never goes unexplained.
+    """
+    warn = warn or log.warning
     root = Path(results_dir)
     records = []
     for path in sorted(root.rglob("*.json")):
         if any(part.startswith(".") for part in path.relative_to(root).parts):
             continue
-        record = read_result(path)
+        try:
+            record = read_result(path)
+        except ResultFileError as exc:
+            warn(f"skipped {exc}")
+            continue
         if record is not None:
             records.append(record)
     return records
 
 
-def finetuned_accuracies(results_dir: str | Path) -> dict[str, dict[str, float]]:
+def finetuned_accuracies(results_dir: str | Path, warn: Warn | None = None) -> dict[str, dict[str, float]]:
     """``{model: {split: top-1}}`` from ``<results_dir>/single_task/<model>/nonlinear_ft_accuracies.json``."""
+    warn = warn or log.warning
     out = {}
     for path in sorted(Path(results_dir).glob("single_task/*/nonlinear_ft_accuracies.json")):
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            data = load_json(path)
+        except ResultFileError as exc:
+            warn(f"skipped {exc} (the fine-tuned reference row of {path.parent.name} stays empty)")
             continue
         if isinstance(data, dict):
             out[path.parent.name] = {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
@@ -332,8 +380,11 @@ def _slug(text: str) -> str:
 
 
 def write_report(results_dir: str | Path, out: str | Path | None = None, *, radar: bool = True,
-                 radar_metric: str = "top1") -> dict[str, Path]:
-    """Write ``report.md``, ``table2.csv``, ``per_dataset.csv`` and the radar charts under ``out``."""
+                 radar_metric: str = "top1", warn: Warn | None = None) -> dict[str, Path]:
+    """Write ``report.md``, ``table2.csv``, ``per_dataset.csv`` and the radar charts under ``out``.
+
+    ``warn`` receives one line per result file that had to be skipped.
+    """
     from ..checkpoints.paths import atomic_write
     from ..evaluation.results import write_json
     from ..plotting.evaluation import plot_radar
@@ -342,8 +393,8 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, *, rada
     results_dir = Path(results_dir)
     out = Path(out) if out is not None else results_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    records = [r for r in collect_results(results_dir) if out.resolve() not in r.path.resolve().parents]
-    report = build_report(records, finetuned_accuracies(results_dir))
+    records = [r for r in collect_results(results_dir, warn) if out.resolve() not in r.path.resolve().parents]
+    report = build_report(records, finetuned_accuracies(results_dir, warn))
     written: dict[str, Path] = {}
     written["table2.csv"] = write_csv(out / "table2.csv", table2_rows(report),
                                       ["method", "method_full_name", "suffix", "label", "model", "tasks", "avg_top1",
@@ -398,9 +449,12 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, *, rada
     return written
 
 
+PROG = "report.py"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="report.py",
+        prog=PROG,
         description="Gather every main.py result file under --results-dir into the paper's tables (Markdown, CSV) "
                     "and radar charts.")
     parser.add_argument("--results-dir", default="results", help="folder searched recursively (default: results)")
@@ -409,25 +463,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="what the radar charts show (default: absolute top-1)")
     parser.add_argument("--no-radar", action="store_true", help="skip the radar charts")
     args = parser.parse_args(argv)
-    if not Path(args.results_dir).is_dir():
-        print(f"report.py: error: results directory {args.results_dir!r} does not exist", file=sys.stderr)
-        return 2
-    written = write_report(args.results_dir, args.out, radar=not args.no_radar, radar_metric=args.radar_metric)
-    print(Path(written["report.md"]).read_text())
-    print("written: " + ", ".join(str(p) for p in written.values()))
-    return 0
+    return run_main(PROG, lambda: run_report(args.results_dir, args.out, radar=not args.no_radar,
+                                             radar_metric=args.radar_metric))
 
 
 def report_from_config(cfg: Any) -> int:
-    """report.py's body on its composed configuration (``config/report.yaml``): write the report, print it."""
-    from ..config import to_container
+    """Body of ``report.py``: the composed ``report`` configuration (results_dir, out, radar, radar_metric)."""
+    metric = cfg.radar_metric
+    return run_report(str(cfg.results_dir), None if cfg.out is None else str(cfg.out), radar=bool(cfg.radar),
+                      radar_metric=str(getattr(metric, "name", metric)))
 
-    values = to_container(cfg)
-    if not Path(values["results_dir"]).is_dir():
-        print(f"report.py: error: results directory {values['results_dir']!r} does not exist", file=sys.stderr)
-        return 2
-    written = write_report(values["results_dir"], values["out"], radar=values["radar"],
-                           radar_metric=values["radar_metric"])
+
+def run_report(results_dir: str | Path, out: str | Path | None = None, *, radar: bool = True,
+               radar_metric: str = "top1") -> int:
+    """Check the folders, write the report, print it; unusable result files are skipped with a warning each."""
+    from ..checkpoints.paths import OutputPathError, check_output_path
+
+    results = Path(results_dir)
+    if not results.is_dir():
+        raise OutputPathError(f"results directory {str(results_dir)!r} does not exist; give the folder holding "
+                              "main.py's result files (--results-dir)")
+    target = Path(out) if out is not None else results / "report"
+    check_output_path(target, label="report folder", folder=True)
+    written = write_report(results, target, radar=radar, radar_metric=radar_metric, warn=_warn_on_stderr)
     print(Path(written["report.md"]).read_text())
     print("written: " + ", ".join(str(p) for p in written.values()))
     return 0
+
+
+def _warn_on_stderr(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)

@@ -10,7 +10,8 @@ import contextlib
 import hashlib
 import os
 import secrets
-from collections.abc import Callable, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 __all__ = [
@@ -279,9 +280,10 @@ def check_output_path(path: PathLike, *, label: str = "output", inputs: Sequence
     """Check, before any work starts, that ``path`` can be written without harming an input.
 
     ``path`` must not be one of ``inputs`` (also through a symbolic or hard link), must be a file path (a folder
-    path when ``folder``) and its directory must be writable, or creatable in a writable one. For a folder that
-    exists already, every entry must satisfy ``replaceable`` (the folder is replaced as a whole) and no input may
-    lie inside it. Missing directories are not created here. Raises OutputPathError naming ``label`` and the path.
+    path when ``folder``) and its directory must be writable, or creatable in a writable one. No input may lie
+    inside an output folder. A folder that is replaced as a whole (:func:`atomic_directory`) gives
+    ``replaceable``: every entry of an existing one must satisfy it. Missing directories are not created here.
+    Raises OutputPathError naming ``label`` and the path.
     """
     dest = Path(path)
     shown = f"{label} {str(dest)!r}"
@@ -290,14 +292,14 @@ def check_output_path(path: PathLike, *, label: str = "output", inputs: Sequence
             raise OutputPathError(f"{shown} is the input {str(item)!r}; writing it would overwrite that input. "
                                   "Choose another output path.")
         if folder and dest.resolve() in item.resolve().parents:
-            raise OutputPathError(f"{shown} holds the input {str(item)!r}, which writing the folder would delete. "
+            raise OutputPathError(f"{shown} holds the input {str(item)!r}, which writing the folder could overwrite or delete. "
                                   "Choose another output folder.")
     if dest.is_dir() and not folder:
         raise OutputPathError(f"{shown} is an existing directory; give a file path.")
     if dest.exists() and folder and not dest.is_dir():
         raise OutputPathError(f"{shown} is an existing file; this output is a folder. Give a folder path.")
-    if folder and dest.is_dir():
-        foreign = sorted(entry.name for entry in dest.iterdir() if replaceable is None or not replaceable(entry.name))
+    if folder and dest.is_dir() and replaceable is not None:
+        foreign = sorted(entry.name for entry in dest.iterdir() if not replaceable(entry.name))
         if foreign:
             raise OutputPathError(f"{shown} exists and holds other files ({', '.join(foreign[:5])}"
                                   f"{', ...' if len(foreign) > 5 else ''}), which writing it would delete. "
@@ -306,4 +308,6 @@ def check_output_path(path: PathLike, *, label: str = "output", inputs: Sequence
     if not parent.is_dir():
         raise OutputPathError(f"{shown} cannot be written: {str(parent)!r} is a file, not a directory.")
     _probe_writable(parent, label, dest)
+    if folder and dest.is_dir():
+        _probe_writable(dest, label, dest)
     return dest

@@ -6,8 +6,11 @@ archives, per-tensor reads from safetensors) lets the page cache, not the proces
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -365,7 +368,23 @@ def save_state_dict(state: Mapping[str, Tensor], path: PathLike) -> Path:
             elif ptr is not None:
                 seen.add(ptr)
             prepared[key] = value.contiguous()
-        atomic_write(dest, lambda tmp: save_file(prepared, str(tmp)))
+        atomic_write(dest, _reporting_os_errors(lambda tmp: save_file(prepared, str(tmp))))
     else:
-        atomic_write(dest, lambda tmp: torch.save(tensors, tmp))
+        atomic_write(dest, _reporting_os_errors(lambda tmp: torch.save(tensors, tmp)))
     return dest
+
+
+def _reporting_os_errors(write: Callable[[Path], object]) -> Callable[[Path], object]:
+    """``write``, whose failures to write (a full disk, an I/O error: torch raises RuntimeError, safetensors its own
+    SafetensorError) are raised as OSError, so that they name the file and stop the run with one line."""
+    from safetensors import SafetensorError
+
+    def guarded(tmp: Path) -> object:
+        try:
+            return write(tmp)
+        except (RuntimeError, SafetensorError) as exc:
+            match = re.search(r"code: (\d+)", str(exc))  # safetensors reports the OS error code
+            code = int(match.group(1)) if match else errno.EIO
+            reason = os.strerror(code) if match else f"writing failed ({str(exc).strip()})"
+            raise OSError(code, reason, str(tmp)) from exc
+    return guarded

@@ -124,7 +124,7 @@ def _explain_omegaconf(exc: OmegaConfBaseException) -> str:
         if where in ("method", "analysis") and isinstance(parent, DictConfig) and "name" in parent:
             chosen = f" for {where}={parent['name']}"
         what = f"{where} keys" if where else "keys"
-        return f"unknown config key {key!r}{chosen}; valid {what}: {', '.join(valid)}"
+        return f"unknown {'key' if chosen else 'config key'} {key!r}{chosen}; valid {what}: {', '.join(valid)}"
     if isinstance(exc, ValidationError):
         return f"{key}: {msg}"
     return f"{key}: {msg}" if msg else str(exc)

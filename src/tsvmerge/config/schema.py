@@ -218,9 +218,9 @@ class DemoSchema:
 
     model: ModelSchema = _key(MISSING, "a model config with `benchmark: synthetic` (config/model/demo.yaml)")
     num_tasks: Optional[int] = _key(None, "the first N synthetic tasks (null: 8; quick: 4)", minimum=1)
-    methods: List[str] = _key(["zeroshot", "average", "sum", "ties", "tall_mask", "consensus", "TSVM", "TSVC"],
-                              "merge methods of the table, in order (a mask-reading method after the one "
-                              "that saves its masks)")
+    methods: Optional[List[str]] = _key(None, "merge methods of the table, in order (a method reading saved masks "
+                                              "after the one saving them); null: every method of the demo's table "
+                                              "(tsvmerge.demo.DEFAULT_METHODS)")
     analyses: List[str] = _key([], "analyses run after the merges (docs/analysis.md)")
     quick: bool = _key(False, "reduced run: 4 tasks, short pre-training and fine-tuning")
     pretrain_steps: Optional[int] = _key(None, "contrastive pre-training steps (null: 600; quick: 60)", minimum=1)

@@ -188,7 +188,7 @@ def method_choice(name: str, overrides: Sequence[str] = ()) -> MethodChoice:
 
 
 def _method_problem(name: str, message: str) -> str:
-    if message.startswith("unknown config key"):
+    if message.startswith(("unknown config key", "unknown key")):
         key = message.split("'")[1]
         valid = message.rpartition("keys: ")[2]
         return f"unknown method {name} key {key.rpartition('.')[2]}; valid method {name} keys: {valid}"

@@ -36,8 +36,7 @@ __all__ = ["DEFAULT_ANALYSES", "DEFAULT_METHODS", "DemoPlan", "demo_plan", "run_
 log = logging.getLogger(__name__)
 
 #: Every merge method of the table; tall_mask runs before consensus, which reads the masks it saves.
-DEFAULT_METHODS: tuple[str, ...] = tuple(
-    next(f for f in dataclasses.fields(DemoSchema) if f.name == "methods").default_factory())
+DEFAULT_METHODS = ("zeroshot", "average", "sum", "ties", "tall_mask", "consensus", "TSVM", "TSVC")
 
 #: The analyses of docs/analysis.md that the demo runs after the merges (``analyses=True``).
 DEFAULT_ANALYSES = ("sti", "sti_accuracy", "spectra", "procrustes", "truncation", "ablation", "alpha_heatmap",
@@ -83,14 +82,15 @@ def demo_plan(cfg: Any, source: ConfigSource) -> DemoPlan:
                     if a not in DEFAULT_ANALYSES)
     from ..merging import available_methods
 
-    problems.extend(f"unknown method {m!r}; available: {', '.join(available_methods())}" for m in values["methods"]
+    methods = tuple(values["methods"] or DEFAULT_METHODS)
+    problems.extend(f"unknown method {m!r}; available: {', '.join(available_methods())}" for m in methods
                     if m not in available_methods())
     problems.raise_if_any("invalid demo configuration")
     quick = values["quick"]
     steps = values["pretrain_steps"] or (60 if quick else PretrainSettings.steps)
     return DemoPlan(
         config=source, model=values["model"]["name"], num_tasks=values["num_tasks"] or (4 if quick else 8),
-        methods=tuple(values["methods"]), analyses=tuple(values["analyses"]),
+        methods=methods, analyses=tuple(values["analyses"]),
         data_location=Path(values["data_location"]), model_location=Path(values["model_location"]),
         results_dir=Path(values["results_dir"]),
         pretrained=Path(values["pretrained"]) if values["pretrained"] else None,

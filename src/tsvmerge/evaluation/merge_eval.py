@@ -123,7 +123,7 @@ def mask_file_path(settings: RunSettings, files: MaskFiles) -> Path:
     """Where this run's TALL masks are saved (and read from, unless ``mask_file`` names a file)."""
     tasks = None if settings.benchmark_prefix else settings.datasets
     return tall_mask_paths(settings.model_location, settings.model.name, settings.num_tasks,
-                           bool(files.variant), files.variant.removeprefix("_use_ties_") or "sum", tasks)[0]
+                           bool(files.variant), files.variant.removeprefix("_use_ties_"), tasks)[0]
 
 
 def _mask_file(settings: RunSettings, method: MergeMethod, check: Preflight) -> Path | None:
@@ -142,7 +142,7 @@ def _mask_file(settings: RunSettings, method: MergeMethod, check: Preflight) -> 
         else:
             tasks = None if settings.benchmark_prefix else settings.datasets
             found = existing_mask_file(settings.model_location, settings.model.name, settings.num_tasks,
-                                       bool(files.variant), files.variant.removeprefix("_use_ties_") or "sum", tasks)
+                                       bool(files.variant), files.variant.removeprefix("_use_ties_"), tasks)
             if found is None:
                 check.other.append(_missing_masks_message(settings, method, files))
                 return None
@@ -171,8 +171,8 @@ def _missing_masks_message(settings: RunSettings, method: MergeMethod, files: Ma
              else f"DATASETS=[{','.join(settings.datasets)}]")
     ties = "".join(f" method.{k}={str(v).lower() if isinstance(v, bool) else v}"
                    for k, v in files.built_with.items() if k != "use_ties" or v)
-    return (f"saved TALL masks {looked} not found: {settings.method} reads the masks of a tall_mask run; run "
-            f"`python main.py model={settings.model.name} method=tall_mask {tasks}{ties}` first "
+    return (f"saved TALL masks {looked} not found: {settings.method} reads the masks of a {files.made_by} run; run "
+            f"`python main.py model={settings.model.name} method={files.made_by} {tasks}{ties}` first "
             "(or download them from nik-dim/tall_masks, folder tall_masks/<model>/)")
 
 

@@ -90,7 +90,7 @@ def format_table(test: Mapping[str, float], datasets: Sequence[str], val: Mappin
             line += f" {str(choices.get(d, '')):>8s}"
         lines.append(line)
     lines.append("-" * len(header))
-    avg = f"{'average':16s} {100 * test['avg_top1']:8.2f} {100 * test['avg_normalized_top1']:11.2f}"
+    avg = f"{'mean':16s} {100 * test['avg_top1']:8.2f} {100 * test['avg_normalized_top1']:11.2f}"
     if val is not None:
         avg += f" {100 * val.get('avg_top1', math.nan):9.2f}"
     lines.append(avg)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..checkpoints.paths import single_task_accuracy_path
-from ..checkpoints.state_dict import open_state_dict
+from ..checkpoints.state_dict import LazyStateDict, open_state_dict
 from ..models.encoder import build_image_encoder, load_encoder_weights
 from ..models.factory import ModelSpec
 from ..models.preprocess import split_preprocess
@@ -65,6 +65,17 @@ def record_accuracies(path: str | Path, accuracies: dict[str, float]) -> Path:
     return write_json(path, {**_read_existing(path), **accuracies})
 
 
+def _open_all(paths: Sequence[Path]) -> list[LazyStateDict | None]:
+    """Open every checkpoint before evaluating any, so that a truncated or corrupt file late in the list stops the
+    run before it records an accuracy. Memory-mapped ones are kept open for later (cheap); files that had to be read
+    into memory (legacy formats) are not kept (None), to be read again when their turn comes."""
+    opened: list[LazyStateDict | None] = []
+    for checkpoint in paths:
+        state = open_state_dict(checkpoint)
+        opened.append(state if state.file_backed else None)
+    return opened
+
+
 def run_single_task(spec: ModelSpec, mode: FinetuningMode, datasets: Sequence[str], *, model_location: Path,
                     data_location: Path, results_dir: Path, batch_size: int = 128, device: str = "auto",
                     precision: str = "bf16", channels_last: bool = True, num_workers: int | None = None,
@@ -82,11 +93,18 @@ def run_single_task(spec: ModelSpec, mode: FinetuningMode, datasets: Sequence[st
     finetuned = check.finetuned(model_location, spec.name, datasets) if mode == "standard" else []
     check.heads(spec, model_location, datasets)
     check.data(data_location, datasets)
+    path = accuracy_file(results_dir, spec.name, mode)
+    check.writable(path.parent, "results folder")
     check.raise_if_missing()
+    checkpoints = finetuned or ([zeroshot] if zeroshot is not None else [])
+    opened = _open_all(checkpoints)
+
+    def weights(i: int) -> LazyStateDict:
+        return opened[i] or open_state_dict(checkpoints[i])
 
     started = time.perf_counter()
     runtime = Runtime.create(device, precision, channels_last)  # type: ignore[arg-type]
-    first = open_state_dict(finetuned[0] if finetuned else zeroshot) if (finetuned or zeroshot) else None
+    first = weights(0) if checkpoints else None
     encoder, preprocess = build_image_encoder(spec, first, finetuned[0] if finetuned else zeroshot or "")
     prep = split_preprocess(preprocess)
     data = build_eval_data(spec, datasets, prep.pil, data_location=data_location, model_location=model_location,
@@ -94,12 +112,12 @@ def run_single_task(spec: ModelSpec, mode: FinetuningMode, datasets: Sequence[st
                            eval_cache="none" if eval_cache == "memory" else eval_cache,  # each split is read once
                            cache_dir=cache_dir, runtime=runtime, shared_weights=first, progress=progress)
     evaluator = Evaluator(encoder, runtime, prep.normalize, progress)
-    path = accuracy_file(results_dir, spec.name, mode)
     accuracies: dict[str, float] = {}
     rows = []
     for i, d in enumerate(datasets):
         if mode == "standard" and i > 0:
-            load_encoder_weights(evaluator.encoder, open_state_dict(finetuned[i]), finetuned[i], spec.name)
+            load_encoder_weights(evaluator.encoder, weights(i), finetuned[i], spec.name)
+            opened[i] = None  # its tensors are in the encoder now
         test = evaluator.top1(data.heads[d], data.test[d], f"{d} test")
         val = evaluator.top1(data.heads[d], data.val[d], f"{d}Val")
         accuracies[d], accuracies[f"{d}Val"] = test, val

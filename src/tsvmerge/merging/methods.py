@@ -236,7 +236,7 @@ class TallMask(_MergedForMasks):
     def mask_files(self) -> MaskFiles:
         reads = self.load_mask or self.mask_file is not None
         return MaskFiles(reads=reads, writes=not reads, variant=self._variant, file=self.mask_file,
-                         built_with=self._built_with())
+                         made_by=self.name, built_with=self._built_with())
 
     def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
         if self.load_mask and self.mask_file is None:
@@ -289,7 +289,7 @@ class Consensus(_MergedForMasks):
         if self.tall_lambda is not None:
             return None  # masks built on the fly with one λ
         return MaskFiles(reads=True, writes=False, variant=self._variant, file=self.mask_file,
-                         built_with=self._built_with())
+                         made_by=TallMask.name, built_with=self._built_with())
 
     def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
         if self.prun_thre_k > tasks.num_tasks:

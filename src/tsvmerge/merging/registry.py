@@ -51,6 +51,8 @@ class MaskFiles:
     variant: str = ""
     #: The file to read, when the configuration names one (else the evaluation finds the saved file).
     file: str | None = None
+    #: The method whose runs save such files (named in the message when a file is missing).
+    made_by: str = ""
     #: Parameters the masks were built with, recorded in the file and compared when it is read.
     built_with: dict[str, Any] = field(default_factory=dict)
 

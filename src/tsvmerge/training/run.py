@@ -14,6 +14,7 @@ For every task (``<Dataset>Val`` training part), on every rank:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import gc
@@ -23,7 +24,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,18 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """torch's random streams (the CPU's, and ``device``'s on a GPU) seeded with ``seed`` inside the block, and as
+    they were after it."""
+    gpus = [device.index] if device.type == "cuda" and device.index is not None else []
+    with torch.random.fork_rng(devices=gpus):
+        torch.random.default_generator.manual_seed(seed)
+        for index in gpus:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
+
+
 def finetune_task(cfg: FinetuneConfig, ctx: DistContext, dataset: str, tracker: Tracker) -> TaskResult:
     spec = cfg.model
     target = finetuned_checkpoint_path(cfg.model_location, spec.name, dataset)
@@ -283,9 +296,6 @@ def finetune_task(cfg: FinetuneConfig, ctx: DistContext, dataset: str, tracker: 
     normalize, weight, bias = ctx.broadcast_object(payload)  # also: rank 0 is done preparing
     head = ClassificationHead(normalize, weight, bias).requires_grad_(False)
 
-    torch.manual_seed(cfg.seed + ctx.rank)  # data augmentation differs across ranks, reproducibly
-    train_task = get_dataset(f"{dataset}Val", train_preprocess(encoder.model, preprocess, cfg.augment),
-                             cfg.data_location, batch_size=hp.batch_size, num_workers=workers)
     params, find_unused = trainable_parameters(encoder)
     settings = TrainSettings(hp, epochs, seed=cfg.seed, max_steps=cfg.max_steps, precision=cfg.precision,
                              num_workers=workers, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
@@ -305,8 +315,11 @@ def finetune_task(cfg: FinetuneConfig, ctx: DistContext, dataset: str, tracker: 
             log.info("%s: step %d loss %.4f acc %.3f lr %.2e %.0f img/s", dataset, step, metrics["loss"],
                      metrics["accuracy"], metrics["lr"], metrics["images_per_s"])
 
-    outcome = train(ctx, Classifier(encoder, head), params, train_task.train_dataset, settings,
-                    find_unused_parameters=find_unused, save_checkpoint=save_checkpoint, log_metrics=log_metrics)
+    with _seeded(cfg.seed + ctx.rank, ctx.device):  # data augmentation differs across ranks, reproducibly
+        train_task = get_dataset(f"{dataset}Val", train_preprocess(encoder.model, preprocess, cfg.augment),
+                                 cfg.data_location, batch_size=hp.batch_size, num_workers=workers)
+        outcome = train(ctx, Classifier(encoder, head), params, train_task.train_dataset, settings,
+                        find_unused_parameters=find_unused, save_checkpoint=save_checkpoint, log_metrics=log_metrics)
     if ctx.is_main:
         save_encoder(encoder, target)
         log.info("%s: %d steps in %.0f s, wrote %s", dataset, outcome.steps, outcome.seconds, target)
@@ -377,7 +390,9 @@ def run_worker(launch: Launch, cfg: FinetuneConfig) -> list[TaskResult]:
     """One rank of the run (or the whole run with ``launch.kind == 'single'``): every task in turn."""
     if launch.kind != "single":
         install_termination_handler()
-    with limit_cpu_threads(launch.local_world_size), process_group(launch, cfg.device, cfg.timeout) as ctx:
+    # The CPU random stream is used (weight init of new models, seeded augmentation) and given back as it was.
+    with (torch.random.fork_rng(devices=[]), limit_cpu_threads(launch.local_world_size),
+          process_group(launch, cfg.device, cfg.timeout) as ctx):
         _configure_logging(ctx, launch)
         # Decided once per run (and logged once): the checkpoints, the evaluation and the run record all use it.
         cfg = dataclasses.replace(cfg, precision=autocast_precision(ctx.device, cfg.precision, announce=ctx.is_main))

@@ -25,6 +25,7 @@ __all__ = [
     "EXIT_TERMINATED",
     "EXIT_USER_ERROR",
     "Terminated",
+    "checkpoint_errors",
     "os_error_message",
     "run_main",
     "sigterm_raises",
@@ -58,12 +59,9 @@ class Terminated(BaseException):
         self.signum = signum
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by an input (configuration, missing, corrupt or mismatched files, unusable output paths).
-
-    Entry points report them as one line and exit status 2. Imported lazily: the list spans modules whose import is
-    slow (datasets, models), and merely importing this module must stay cheap.
-    """
+def checkpoint_errors() -> tuple[type[BaseException], ...]:
+    """The user errors of reading checkpoints, merging them and writing the results: the ones of a command that
+    needs no dataset or model code (``tsvmerge merge``), cheap to import."""
     from ..checkpoints import (
         CheckpointFormatError,
         CheckpointMismatchError,
@@ -71,18 +69,28 @@ def user_errors() -> tuple[type[BaseException], ...]:
         UnsafeCheckpointError,
     )
     from ..checkpoints.paths import OutputPathError
+    from ..merging.engine import NonFiniteResultError
+
+    return (CheckpointNotFoundError, CheckpointMismatchError, CheckpointFormatError, UnsafeCheckpointError,
+            OutputPathError, NonFiniteResultError)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by an input (configuration, missing, corrupt or mismatched files, unusable output paths).
+
+    Entry points report them as one line and exit status 2. Imported lazily: the list spans modules whose import is
+    slow (datasets, models), and merely importing this module must stay cheap.
+    """
     from ..config import ConfigError
     from ..data import DatasetNotFoundError
     from ..data.errors import DatasetTooSmallError
     from ..evaluation.metrics import AccuracyFileError
     from ..evaluation.preflight import MissingInputsError
-    from ..merging.engine import NonFiniteResultError
     from ..models.encoder import EncoderWeightsError
     from ..models.factory import PretrainedWeightsError
 
-    return (ConfigError, MissingInputsError, DatasetNotFoundError, DatasetTooSmallError, CheckpointNotFoundError,
-            AccuracyFileError, EncoderWeightsError, CheckpointMismatchError, CheckpointFormatError,
-            UnsafeCheckpointError, PretrainedWeightsError, OutputPathError, NonFiniteResultError)
+    return (*checkpoint_errors(), ConfigError, MissingInputsError, DatasetNotFoundError, DatasetTooSmallError,
+            AccuracyFileError, EncoderWeightsError, PretrainedWeightsError)
 
 
 def os_error_message(error: OSError) -> str:

@@ -1,0 +1,150 @@
+"""main.py, analyze.py and finetune.py on bad command lines, run in this process as ``python <script> <args>``.
+
+Each must exit with status 2 and one ``<script>: error:`` message naming the bad input, without a traceback and
+before writing anything (the whole test folder is hashed before and after).
+"""
+
+from __future__ import annotations
+
+import logging
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.evaluation.world import World
+from tests.reliability.contract import assert_rejected, snapshot
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_script(script: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    """``python <script> <args>`` in this process; returns the exit status.
+
+    The root logger starts without handlers, as in a fresh process: a script's ``logging.basicConfig`` must not
+    keep writing to the captured stderr of an earlier test.
+    """
+    monkeypatch.setattr(sys, "argv", [str(REPO / script), *args])
+    monkeypatch.setattr(logging.root, "handlers", [])
+    try:
+        runpy.run_path(str(REPO / script), run_name="__main__")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+def _main_args(world: World, tmp_path: Path, *overrides: str, datasets: bool = True) -> list[str]:
+    """main.py's command line for the tiny world; without ``datasets`` the world's task list is left out."""
+    args = world.main_args(f"results_dir={tmp_path / 'results'}", f"ft_accuracies={world.ft_accuracies}",
+                           run_dir=tmp_path / "run")
+    if not datasets:
+        args = [a for a in args if not a.startswith("DATASETS=")]
+    return [*args, *overrides]
+
+
+MAIN_CASES = {
+    "unknown_method": (["method=nope"], True, ["nope"]),
+    "unknown_key": (["method=sum", "method.nope=1"], True, ["nope"]),
+    "bad_value": (["method=sum", "method.k=abc"], True, ["abc"]),
+    "k_out_of_range": (["method=ties", "method.k=0"], True, ["k"]),
+    "prun_thre_k_zero": (["method=consensus", "method.prun_thre_k=0"], True, ["prun_thre_k"]),
+    "alpha_nan": (["method=sum", "specify_lambda=nan"], True, ["specify_lambda"]),
+    "alpha_inf": (["method=sum", "specify_lambda=inf"], True, ["specify_lambda"]),
+    "num_tasks_zero": (["method=sum", "num_tasks=0"], False, ["num_tasks"]),
+    "num_tasks_too_many": (["method=sum", "num_tasks=99"], False, ["num_tasks"]),
+    "unknown_dataset": (["method=sum", "DATASETS=[MNIST,Nope]"], False, ["Nope"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MAIN_CASES))
+def test_main_py(case: str, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                 capsys: pytest.CaptureFixture) -> None:
+    overrides, datasets, names = MAIN_CASES[case]
+    before = snapshot(tmp_path)
+    code = run_script("main.py", _main_args(world, tmp_path, *overrides, datasets=datasets), monkeypatch)
+    captured = capsys.readouterr()
+    assert_rejected(code, captured.out, captured.err, "main.py", *names)
+    assert snapshot(tmp_path) == before
+
+
+def test_main_py_unwritable_results_dir(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture) -> None:
+    blocker = tmp_path / "blocker.txt"
+    blocker.write_text("x")
+    before = snapshot(tmp_path)
+    args = [*_main_args(world, tmp_path, "method=sum"), f"results_dir={blocker / 'results'}"]
+    code = run_script("main.py", args, monkeypatch)
+    captured = capsys.readouterr()
+    assert_rejected(code, captured.out, captured.err, "main.py", str(blocker))
+    assert snapshot(tmp_path) == before
+
+
+ANALYZE_CASES = {
+    "unknown_analysis": (["analysis=nope"], ["nope"]),
+    "unknown_analysis_key": (["analysis=sti", "analysis.nope=1"], ["nope"]),
+    "num_tasks_zero": (["analysis=sti", "num_tasks=0"], ["num_tasks"]),
+    "unknown_method": (["analysis=sti", "method=nope"], ["nope"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ANALYZE_CASES))
+def test_analyze_py(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                    capsys: pytest.CaptureFixture) -> None:
+    overrides, names = ANALYZE_CASES[case]
+    args = [*overrides, f"results_dir={tmp_path / 'results'}", f"model_location={tmp_path / 'checkpoints'}",
+            f"data_location={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    before = snapshot(tmp_path)
+    code = run_script("analyze.py", args, monkeypatch)
+    captured = capsys.readouterr()
+    assert_rejected(code, captured.out, captured.err, "analyze.py", *names)
+    assert snapshot(tmp_path) == before
+
+
+def test_analyze_py_unwritable_results_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    blocker = tmp_path / "blocker.txt"
+    blocker.write_text("x")
+    args = ["analysis=sti", f"results_dir={blocker / 'results'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    before = snapshot(tmp_path)
+    code = run_script("analyze.py", args, monkeypatch)
+    captured = capsys.readouterr()
+    assert_rejected(code, captured.out, captured.err, "analyze.py", str(blocker))
+    assert snapshot(tmp_path) == before
+
+
+FINETUNE_CASES = {
+    "unknown_dataset": (["--train-dataset", "Nope"], ["Nope"]),
+    "unknown_model": (["--model", "nope"], ["nope"]),
+    "lr_nan": (["--lr", "nan"], ["lr"]),
+    "zero_epochs": (["--epochs", "0"], ["epochs"]),
+    "unknown_key": (["nope=1"], ["nope"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FINETUNE_CASES))
+def test_finetune_py(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                     capsys: pytest.CaptureFixture) -> None:
+    extra, names = FINETUNE_CASES[case]
+    args = ["--model-location", str(tmp_path / "checkpoints"), "--data-location", str(tmp_path / "data"),
+            "--results-dir", str(tmp_path / "results"), "--device", "cpu", *extra]
+    before = snapshot(tmp_path)
+    code = run_script("finetune.py", args, monkeypatch)
+    captured = capsys.readouterr()
+    assert_rejected(code, captured.out, captured.err, "finetune.py", *names)
+    assert snapshot(tmp_path) == before
+
+
+def test_finetune_py_unwritable_model_location(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    """Everything else is valid (the tiny world's model and data): only the output folder is unusable."""
+    blocker = tmp_path / "blocker.txt"
+    blocker.write_text("x")
+    args = ["--config-dir", str(world.conf), "--model", "tiny", "--model-location", str(blocker / "checkpoints"),
+            "--data-location", str(world.data), "--results-dir", str(tmp_path / "results"), "--device", "cpu",
+            "--train-dataset", "MNIST", "--max-steps", "1", "--num-workers", "0", "--no-eval", "--no-progress"]
+    before = snapshot(tmp_path)
+    code = run_script("finetune.py", args, monkeypatch)
+    captured = capsys.readouterr()
+    assert_rejected(code, captured.out, captured.err, "finetune.py", str(blocker))
+    assert snapshot(tmp_path) == before

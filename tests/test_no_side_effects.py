@@ -1,0 +1,35 @@
+"""Importing tsvmerge changes nothing outside itself: no environment variable, no torch setting, no Hydra state."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+SCRIPT = r"""
+import os, sys
+env = dict(os.environ)
+import torch
+threads = torch.get_num_threads()
+import tsvmerge, tsvmerge.merging, tsvmerge.evaluation, tsvmerge.config, tsvmerge.analysis, tsvmerge.training
+import tsvmerge.cli, tsvmerge.demo, tsvmerge.evaluation.merge_eval, tsvmerge.training.run, tsvmerge.analysis.commands
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+assert env == dict(os.environ), set(os.environ.items()) ^ set(env.items())
+assert torch.get_num_threads() == threads
+assert "main_schema" not in ConfigStore.instance().repo, "schemas are registered by the entry points"
+assert not GlobalHydra.instance().is_initialized()
+from omegaconf import OmegaConf
+assert not OmegaConf.has_resolver("ties_suffix")
+print("clean")
+"""
+
+
+def test_imports_leave_the_process_as_they_found_it() -> None:
+    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "clean" in done.stdout, done.stderr[-2000:]
+
+
+def test_the_issue_one_liner() -> None:
+    one_liner = ("import os; e=dict(os.environ); import tsvmerge, tsvmerge.merging, tsvmerge.evaluation; "
+                 "assert e == dict(os.environ)")
+    assert subprocess.run([sys.executable, "-c", one_liner], timeout=300).returncode == 0
