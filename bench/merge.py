@@ -28,7 +28,7 @@ from tsvmerge.utils.huge_pages import enable_huge_pages
 enable_huge_pages()  # before torch's first allocation (docs: src/tsvmerge/utils/huge_pages.py)
 
 # isort: split
-import torch
+import torch  # noqa: E402
 
 DEFAULT_CACHE = Path(os.environ.get("TSVMERGE_BENCH_CACHE", Path(__file__).resolve().parent.parent / ".bench_cache"))
 

@@ -5,6 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+from tests.gpu.fake_cuda import FakeCuda
+from tests.training.conftest import ft_world  # noqa: F401  (the tiny fine-tuning world, for finetune.py on GPUs)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one); run by `make gpu-check`")
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
+    return FakeCuda().install(monkeypatch)

@@ -2,7 +2,7 @@
 initialization, allocator statistics) to check, on CPU, how the library drives it.
 
 Like the real one, the fake rejects allocator statistics before CUDA is initialized and keeps a current device that
-``set_device`` / ``torch.cuda.device`` change.
+``set_device`` / ``torch.cuda.device`` change. The ``fake_cuda`` fixture (tests/gpu and tests/training) installs one.
 """
 
 from __future__ import annotations
@@ -66,8 +66,3 @@ class FakeCuda:
         if not self.initialized:  # what the real allocator answers before CUDA is initialized
             raise RuntimeError(f"Invalid device argument {index}: did you call init?")
         self.peak_resets.append(index)
-
-
-@pytest.fixture
-def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
-    return FakeCuda().install(monkeypatch)

@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from tests.gpu.fake_cuda import FakeCuda, fake_cuda  # noqa: F401  (fixture)
+from tests.gpu.fake_cuda import FakeCuda
 from tsvmerge.evaluation.evaluate import Runtime
 from tsvmerge.utils.device import activate_device, autocast_precision, device_scope
 from tsvmerge.utils.memory import MemoryMonitor

@@ -1,5 +1,6 @@
 """Fine-tuning on GPUs: an fp16 step with the gradient scaler against the CPU's float32 step, skipped steps and the
-schedule, bf16 (or its fp16 fallback), a 2-process NCCL DDP run, and a single process on ``cuda:1``."""
+schedule, bf16 (or its fp16 fallback), a 2-process NCCL DDP run, a single process on ``cuda:1``, and finetune.py end to
+end."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from tests.evaluation.world import MODEL, World
 from tests.gpu.common import gpu, two_gpus
 from tests.gpu.tiny_model import EMBED_DIM, tiny_encoder, uint8_images
+from tests.training.conftest import finetune_args, run_finetune
 from tsvmerge.training.distributed import DistContext, Launch, launch_local, process_group
 from tsvmerge.training.loop import (
     Classifier,
@@ -168,3 +171,27 @@ def test_a_process_on_cuda_1_opens_no_context_on_gpu_0() -> None:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["device"] == "cuda:1" and result["peak"] > 0
     assert result["gpu0_context"] in (False, None)
+
+
+def _on(args: list[str], device: str) -> list[str]:
+    args = list(args)
+    args[args.index("--device") + 1] = device
+    return args
+
+
+def test_finetune_py_on_a_gpu(ft_world: World, tmp_path: Path) -> None:
+    """finetune.py end to end on the current GPU: bf16 (or its fp16 fallback), evaluation, run record."""
+    assert run_finetune(_on(finetune_args(ft_world, tmp_path, datasets=["MNIST"]), "cuda")) == 0
+    record = json.loads((tmp_path / "results" / "finetuning" / MODEL / "MNISTVal.json").read_text())
+    assert record["ranks"][0]["device"].startswith("cuda:") and record["backend"] is None
+    assert record["precision"] in ("bf16", "fp16") and record["steps"] == 4
+    assert all(0.0 <= value <= 1.0 for value in record["accuracies"].values())
+
+
+@two_gpus
+def test_finetune_py_on_two_gpus_with_nccl(ft_world: World, tmp_path: Path) -> None:
+    args = _on(finetune_args(ft_world, tmp_path, "--world-size", "2", datasets=["MNIST"]), "cuda")
+    assert run_finetune(args) == 0
+    record = json.loads((tmp_path / "results" / "finetuning" / MODEL / "MNISTVal.json").read_text())
+    assert record["backend"] == "nccl" and [r["device"] for r in record["ranks"]] == ["cuda:0", "cuda:1"]
+    assert record["ranks"][0]["weights_sha256"] == record["ranks"][1]["weights_sha256"]

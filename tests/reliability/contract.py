@@ -11,8 +11,6 @@ from pathlib import Path
 
 import torch
 
-from tests.merging.checkpoints import make_checkpoints
-
 
 def snapshot(folder: Path) -> dict[str, str]:
     """``{relative path: sha256}`` of every file below ``folder`` (links as ``-> target``, directories as ``/``)."""

@@ -148,3 +148,13 @@ def test_finetune_py_unwritable_model_location(world: World, tmp_path: Path, mon
     captured = capsys.readouterr()
     assert_rejected(code, captured.out, captured.err, "finetune.py", str(blocker))
     assert snapshot(tmp_path) == before
+
+
+def test_report_py_missing_results_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture) -> None:
+    missing = tmp_path / "nowhere"
+    before = snapshot(tmp_path)
+    code = run_script("report.py", ["--results-dir", str(missing), "--no-radar"], monkeypatch)
+    captured = capsys.readouterr()
+    assert_rejected(code, captured.out, captured.err, "report.py", str(missing))
+    assert snapshot(tmp_path) == before

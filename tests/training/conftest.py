@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.evaluation.world import MODEL, World, make_world
+from tests.gpu.fake_cuda import FakeCuda
 
 REPO = Path(__file__).resolve().parents[2]
 FINETUNE = REPO / "finetune.py"
@@ -22,6 +23,12 @@ TRAINING = ["--epochs", "2", "--max-steps", "4", "--lr", "1e-4", "--warmup-steps
 @pytest.fixture(scope="session")
 def ft_world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return make_world(tmp_path_factory.mktemp("ft_world"), DATASETS)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
+    """``torch.cuda`` replaced by :class:`tests.gpu.fake_cuda.FakeCuda` (2 GPUs) for the test."""
+    return FakeCuda().install(monkeypatch)
 
 
 def finetune_args(world: World, out: Path, *extra: str, batch: int = 6, accumulation: int = 1,

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.gpu.fake_cuda import FakeCuda, fake_cuda  # noqa: F401  (fixture)
-from tsvmerge.training.distributed import Launch, limit_cpu_threads, process_group, rank_gpu, select_device
-from tsvmerge.training.loop import cosine_with_warmup, optimizer_step
+from tests.gpu.fake_cuda import FakeCuda
 from tsvmerge.config import ConfigError
 from tsvmerge.models.factory import ModelSpec
+from tsvmerge.training.distributed import Launch, limit_cpu_threads, process_group, rank_gpu, select_device
+from tsvmerge.training.loop import cosine_with_warmup, optimizer_step
 from tsvmerge.training.protocol import Hyperparameters
 from tsvmerge.training.run import FinetuneConfig
 

@@ -15,6 +15,7 @@ the others are listed in the report.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
@@ -477,12 +478,12 @@ def report_from_config(cfg: Any) -> int:
 def run_report(results_dir: str | Path, out: str | Path | None = None, *, radar: bool = True,
                radar_metric: str = "top1") -> int:
     """Check the folders, write the report, print it; unusable result files are skipped with a warning each."""
-    from ..checkpoints.paths import OutputPathError, check_output_path
+    from ..checkpoints.paths import check_output_path
 
     results = Path(results_dir)
     if not results.is_dir():
-        raise OutputPathError(f"results directory {str(results_dir)!r} does not exist; give the folder holding "
-                              "main.py's result files (--results-dir)")
+        raise FileNotFoundError(errno.ENOENT, "no such results directory; give the folder holding main.py's result "
+                                "files (--results-dir)", str(results))
     target = Path(out) if out is not None else results / "report"
     check_output_path(target, label="report folder", folder=True)
     written = write_report(results, target, radar=radar, radar_metric=radar_metric, warn=_warn_on_stderr)

@@ -150,11 +150,13 @@ def _temporary_sibling(dest: Path, kind: str = "tmp") -> Path:
 
 
 def _naming_destination(error: OSError, temporary: Path, dest: Path) -> OSError:
-    """``error`` with ``dest`` as its file name where it named the temporary file (or nothing): users never see
-    the temporary name, only the path they asked for."""
-    if error.filename is not None and str(error.filename) != str(temporary):
+    """``error`` naming ``dest`` where it named the temporary file or folder (or nothing): users only ever see the
+    path they asked for."""
+    name = error.filename
+    if name is not None and not str(name).startswith(str(temporary)):
         return error
-    return OSError(error.errno, error.strerror or str(error), str(dest))
+    shown = str(dest) if name is None else str(dest) + str(name)[len(str(temporary)):]
+    return OSError(error.errno, error.strerror or str(error), shown)
 
 
 def atomic_write(path: PathLike, write: Callable[[Path], object]) -> Path:
@@ -292,8 +294,8 @@ def check_output_path(path: PathLike, *, label: str = "output", inputs: Sequence
             raise OutputPathError(f"{shown} is the input {str(item)!r}; writing it would overwrite that input. "
                                   "Choose another output path.")
         if folder and dest.resolve() in item.resolve().parents:
-            raise OutputPathError(f"{shown} holds the input {str(item)!r}, which writing the folder could overwrite or delete. "
-                                  "Choose another output folder.")
+            raise OutputPathError(f"{shown} holds the input {str(item)!r}, which writing the folder could "
+                                  "overwrite or delete. Choose another output folder.")
     if dest.is_dir() and not folder:
         raise OutputPathError(f"{shown} is an existing directory; give a file path.")
     if dest.exists() and folder and not dest.is_dir():

@@ -9,6 +9,7 @@ other entry point's. Plain overrides (``lr=2e-5``) are accepted too.
 from __future__ import annotations
 
 import argparse
+import re
 import dataclasses
 import enum
 from collections.abc import Iterable, Sequence
@@ -75,16 +76,25 @@ def add_flags(parser: argparse.ArgumentParser, schema: type, flags: Iterable[Fla
         parser.add_argument(*flag.spellings, **kwargs)
 
 
+_SAFE = re.compile(r"[A-Za-z0-9_./+@-][A-Za-z0-9_./:+@-]*")
+_KEYWORDS = {"null", "true", "false", "nan", "inf", "-inf"}
+
+
 def quote(value: Any) -> str:
-    """A value in Hydra's override grammar: strings quoted (paths with spaces, commas or '=' stay one value)."""
+    """A value in Hydra's override grammar: strings that Hydra would read otherwise (spaces, commas, '=', brackets,
+    quotes, keywords such as ``null``) are quoted, so that a path stays one string."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list | tuple):
         return "[" + ",".join(quote(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{text}'"
+    if isinstance(value, int | float):
+        return repr(value)
+    text = str(value)
+    if _SAFE.fullmatch(text) and text.lower() not in _KEYWORDS:
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _names(values: Sequence[str]) -> list[str]:

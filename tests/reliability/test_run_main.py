@@ -1,0 +1,95 @@
+"""``run_main``: the wrapper of every entry point (exit statuses, one message, clean-up before exit)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+import pytest
+
+from tsvmerge.checkpoints import CheckpointFormatError
+from tsvmerge.utils.entry_point import Terminated, run_main, sigterm_raises, user_errors
+
+
+def test_status_of_a_normal_body() -> None:
+    assert run_main("prog", lambda: None) == 0
+    assert run_main("prog", lambda: 3) == 3
+
+
+def test_user_error_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    def body():
+        raise CheckpointFormatError("x.pt holds a list, not a state dict")
+
+    assert run_main("prog", body) == 2
+    assert capsys.readouterr().err == "prog: error: x.pt holds a list, not a state dict\n"
+
+
+def test_os_error_names_the_path_and_what_to_do(capsys: pytest.CaptureFixture) -> None:
+    def body():
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/merged.pt")
+
+    assert run_main("prog", body, user_errors=()) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prog: error: /data/merged.pt: No space left on device") and "free some space" in err
+
+
+def test_errors_that_are_not_the_users_keep_their_traceback() -> None:
+    def bug():
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        run_main("prog", bug)
+    with pytest.raises(OSError):
+        run_main("prog", lambda: (_ for _ in ()).throw(OSError("no file name")), user_errors=())
+
+
+def test_interrupt_exits_130_after_clean_up(capsys: pytest.CaptureFixture) -> None:
+    cleaned = []
+
+    def body():
+        try:
+            raise KeyboardInterrupt
+        finally:
+            cleaned.append(True)
+
+    assert run_main("prog", body) == 130
+    assert cleaned == [True]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_sigterm_exits_143_after_clean_up_and_restores_the_handler(capsys: pytest.CaptureFixture) -> None:
+    previous = signal.getsignal(signal.SIGTERM)
+    cleaned = []
+
+    def body():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs between bytecodes
+                pass
+        finally:
+            cleaned.append(True)
+        return 0
+
+    assert run_main("prog", body) == 143
+    assert cleaned == [True]
+    assert signal.getsignal(signal.SIGTERM) is previous
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_sigterm_raises_is_a_base_exception_that_except_exception_does_not_swallow() -> None:
+    with pytest.raises(Terminated), sigterm_raises():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):
+                pass
+        except Exception:  # noqa: BLE001 - the point of the test
+            pytest.fail("SIGTERM was swallowed")
+
+
+def test_user_errors_include_the_too_small_dataset() -> None:
+    from tsvmerge.checkpoints.paths import OutputPathError
+    from tsvmerge.data.errors import DatasetTooSmallError
+    from tsvmerge.merging.engine import NonFiniteResultError
+
+    assert {DatasetTooSmallError, OutputPathError, NonFiniteResultError} <= set(user_errors())
