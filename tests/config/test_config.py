@@ -179,3 +179,11 @@ def test_composition_leaves_no_hydra_state() -> None:
 
     compose_config(SOURCE, "config")
     assert not GlobalHydra.instance().is_initialized()
+
+
+def test_readme_configuration_table_is_generated_from_the_schema() -> None:
+    from tsvmerge.config.docs import END, START, config_reference
+
+    readme = (CONFIG.parent / "README.md").read_text()
+    assert readme.split(START, 1)[1].split(END, 1)[0].strip() == config_reference().strip(), (
+        "README's configuration table is stale: run `python -m tsvmerge.config.docs README.md`")

@@ -142,7 +142,7 @@ def test_format_table() -> None:
     lines = format_table(test, ["A", "B"], val, {"A": 0.2, "B": 0.6}, title="t").splitlines()
     assert lines[0] == "t" and len(lines) == 1 + 2 + 2 + 2
     assert lines[3].split() == ["A", "50.00", "50.00", "75.00", "0.2"]
-    assert lines[-1].split() == ["average", "37.50", "50.00", "62.50"]
+    assert lines[-1].split() == ["mean", "37.50", "50.00", "62.50"]
     assert json_safe({1: {2}}) == {"1": [2]}
 
 
