@@ -35,12 +35,13 @@ def cli() -> None:
     from tsvmerge.utils.huge_pages import enable_huge_pages
 
     enable_huge_pages()  # before torch's first allocation: merging allocates large CPU tensors per layer
-    from tsvmerge.config import ConfigSource, check_command_line, register_configs, settings_from_config
+    from tsvmerge.config import ConfigSource, check_command_line, register_configs
+    from tsvmerge.evaluation.merge_eval import check_run_config
     from tsvmerge.utils.entry_point import run_main
 
     register_configs()
     code = run_main("main.py", lambda: check_command_line(sys.argv[1:], ConfigSource(CONFIG_DIR), "config",
-                                                          validate=settings_from_config))
+                                                          validate=check_run_config))
     if code:
         raise SystemExit(code)
     raise SystemExit(run_main("main.py", main))

@@ -333,17 +333,24 @@ def run_analysis(name: str, workspace: Workspace, params: Any | Mapping[str, Any
 def check_analysis_config(cfg: DictConfig) -> None:
     """Everything ``analyze.py`` checks before any work: main.py's configuration and the analysis' parameters."""
     from ..config import settings_from_config
+    from ..evaluation.preflight import output_folder_problem
 
-    settings_from_config(cfg)
+    settings = settings_from_config(cfg)
     section = cfg.get("analysis")
     if not isinstance(section, DictConfig) or "name" not in section:
         raise ConfigError("the analysis config needs a name (config/analysis/<name>.yaml)")
-    parse_params(str(section["name"]), section)
+    params = parse_params(str(section["name"]), section)
+    out_dir = getattr(params, "out_dir", None)
+    folder = Path(out_dir) if out_dir else settings.results_dir / "analysis"
+    problem = output_folder_problem(folder)
+    if problem:
+        key = "analysis.out_dir" if out_dir else "results_dir"
+        raise ConfigError(f"{key}={str(out_dir or settings.results_dir)!r}: {problem}; choose a writable folder")
 
 
 def run_from_hydra(cfg: DictConfig, source: ConfigSource) -> list[Path]:
     """Body of ``analyze.py``: validate, run, list the files; user errors exit with status 2 and a message."""
-    from ..evaluation.merge_eval import user_errors
+    from ..utils.entry_point import user_errors
 
     try:
         check_analysis_config(cfg)

@@ -351,24 +351,18 @@ def _task_specific(settings, method, result, tasks, data, evaluator, weights, ft
     return alpha, [alpha], val_sections, val_best, test, choices
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by the configuration or missing / mismatched files: reported without a traceback."""
-    from ..checkpoints import (
-        CheckpointFormatError,
-        CheckpointMismatchError,
-        CheckpointNotFoundError,
-        UnsafeCheckpointError,
-    )
-    from ..config import ConfigError
-    from ..data import DatasetNotFoundError
-    from ..models.encoder import EncoderWeightsError
-    from ..models.factory import PretrainedWeightsError
-    from .metrics import AccuracyFileError
-    from .preflight import MissingInputsError
+def check_run_config(cfg: Any) -> RunSettings:
+    """Everything main.py checks before Hydra starts a job: the configuration, and that the result folder can be
+    written (so that a run never fails after the merge)."""
+    from ..config import ConfigError, settings_from_config
+    from .preflight import output_folder_problem
 
-    return (ConfigError, MissingInputsError, DatasetNotFoundError, CheckpointNotFoundError, AccuracyFileError,
-            EncoderWeightsError, CheckpointMismatchError, CheckpointFormatError, UnsafeCheckpointError,
-            PretrainedWeightsError)
+    settings = settings_from_config(cfg)
+    folder = settings.results_dir / settings.save_subfolder
+    problem = output_folder_problem(folder)
+    if problem:
+        raise ConfigError(f"results_dir={str(settings.results_dir)!r}: {problem}; choose a writable results_dir")
+    return settings
 
 
 def run_from_hydra(cfg: Any) -> float:
@@ -378,10 +372,11 @@ def run_from_hydra(cfg: Any) -> float:
 
     from hydra.core.hydra_config import HydraConfig
 
-    from ..config import settings_from_config, to_container
+    from ..config import to_container
+    from ..utils.entry_point import user_errors
 
     try:
-        settings = settings_from_config(cfg)
+        settings = check_run_config(cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
         outcome = run_merge_evaluation(settings, run_dir, to_container(cfg))
     except user_errors() as exc:
