@@ -30,7 +30,8 @@ from .merging import (
     method_parameters,
 )
 from .merging.svd import SVD_MODES
-from .utils.device import resolve_device
+from .config.flags import quote
+from .utils.device import activate_device, resolve_device
 from .utils.entry_point import checkpoint_errors, run_main
 from .utils.memory import MemoryMonitor
 
@@ -85,15 +86,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             params = ", ".join(f"{k}={v!r}" for k, v in method_parameters(name).items()) or "-"
             print(f"{name:26s} {params}")
         return 0
-    # ValueError / RuntimeError: bad method parameters, an unavailable device.
+    # ValueError (ConfigError included) / RuntimeError: bad method parameters, an unavailable device.
     return run_main(PROG, lambda: _merge(args), user_errors=(*checkpoint_errors(), ValueError, RuntimeError))
 
 
 # ------------------------------------------------------------------------------------ checks before any work
 
 def _build_method(args: argparse.Namespace) -> MergeMethod:
+    """The method configured the way every entry point configures one: its schema composed by Hydra with the
+    ``--set`` assignments (plus ``--svd`` / ``--report-sti``), checked by the method itself."""
+    from .config.settings import method_choice
+
     params = _parse_assignments(args.params)
-    available = method_parameters(args.method)
+    available = method_parameters(args.method) if args.method in available_methods() else {}
     if args.svd is not None:
         if "svd" not in available:
             raise ValueError(f"--svd applies to SVD-based methods; {args.method!r} does not use an SVD")
@@ -102,7 +107,8 @@ def _build_method(args: argparse.Namespace) -> MergeMethod:
         if "report_sti" not in available:
             raise ValueError(f"--report-sti applies to the TSV-M methods, not {args.method!r}")
         params["report_sti"] = "true"
-    return build_method(args.method, params)
+    choice = method_choice(args.method, [f"{key}={quote(value)}" for key, value in params.items()])
+    return build_method(choice.name, choice.params)
 
 
 def _check_options(args: argparse.Namespace, method: MergeMethod) -> None:
@@ -162,7 +168,7 @@ def _merge(args: argparse.Namespace) -> int:
     _check_options(args, method)
     inputs = _check_inputs(args)
     _check_outputs(args, method, inputs)
-    device = resolve_device(args.device)
+    device = activate_device(resolve_device(args.device))  # cuda:k current: no context opened on GPU 0
 
     with MemoryMonitor(device=device) as monitor:
         pretrained = open_state_dict(args.pretrained)
