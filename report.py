@@ -10,36 +10,18 @@ Every flag sets a key of config/report.yaml (types and defaults: src/tsvmerge/co
 
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from tsvmerge.config.flags import Flag, add_flags
-    from tsvmerge.config.schema import ReportSchema
-
-    parser = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0])
-    add_flags(parser, ReportSchema, [
-        Flag("results_dir", ("--results-dir",)), Flag("out", ("--out",)),
-        Flag("radar_metric", ("--radar-metric",)), Flag("radar", ("--no-radar",), "false", "skip the radar charts"),
-    ])
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of config/report.yaml")
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from tsvmerge.analysis.report import report_from_config
-    from tsvmerge.config import ConfigSource, compose_config
-    from tsvmerge.config.flags import flag_overrides
-    from tsvmerge.utils.entry_point import run_main
+    from tsvmerge.analysis.report import main as report_main
+    from tsvmerge.config import ConfigSource
 
-    source = ConfigSource(CONFIG_DIR)
-    return run_main("report.py", lambda: report_from_config(
-        compose_config(source, "report", [*flag_overrides(args), *args.overrides])))
+    return report_main(argv, config=ConfigSource(CONFIG_DIR))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

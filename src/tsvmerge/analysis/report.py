@@ -453,19 +453,34 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, *, rada
 PROG = "report.py"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """report.py's flags: each sets a key of the report schema (``config/report.yaml``)."""
+    from ..config.flags import Flag, add_flags
+    from ..config.schema import ReportSchema
+
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Gather every main.py result file under --results-dir into the paper's tables (Markdown, CSV) "
                     "and radar charts.")
-    parser.add_argument("--results-dir", default="results", help="folder searched recursively (default: results)")
-    parser.add_argument("--out", default=None, help="output folder (default: <results-dir>/report)")
-    parser.add_argument("--radar-metric", choices=("top1", "normalized_top1"), default="top1",
-                        help="what the radar charts show (default: absolute top-1)")
-    parser.add_argument("--no-radar", action="store_true", help="skip the radar charts")
-    args = parser.parse_args(argv)
-    return run_main(PROG, lambda: run_report(args.results_dir, args.out, radar=not args.no_radar,
-                                             radar_metric=args.radar_metric))
+    add_flags(parser, ReportSchema, [
+        Flag("results_dir", ("--results-dir",)), Flag("out", ("--out",)),
+        Flag("radar_metric", ("--radar-metric",)), Flag("radar", ("--no-radar",), "false", "skip the radar charts"),
+    ])
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of config/report.yaml")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, config: Any = None) -> int:
+    """``report.py`` / ``tsvmerge-report``: flags and overrides composed on ``config/report.yaml`` (``config``: the
+    entry point's :class:`~tsvmerge.config.ConfigSource`; None: the installed schema alone)."""
+    from ..config import ConfigSource, compose_config
+    from ..config.flags import flag_overrides
+
+    args = build_parser().parse_args(argv)
+    source = config if config is not None else ConfigSource(None)
+    name = "report" if source.config_dir is not None else "report_schema"
+    return run_main(PROG, lambda: report_from_config(
+        compose_config(source, name, [*flag_overrides(args), *args.overrides])))
 
 
 def report_from_config(cfg: Any) -> int:
