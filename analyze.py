@@ -35,6 +35,9 @@ def main(cfg: DictConfig) -> None:
 
 def cli() -> None:
     """Check every job of the command line (analysis, its keys, main.py's keys), then run Hydra."""
+    from tsvmerge.utils.huge_pages import enable_huge_pages
+
+    enable_huge_pages()  # before torch's first allocation (src/tsvmerge/utils/huge_pages.py)
     from tsvmerge.analysis.commands import check_analysis_config
     from tsvmerge.config import ConfigSource, check_command_line, register_configs
     from tsvmerge.utils.entry_point import run_main

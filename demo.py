@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tsvmerge.utils.huge_pages import enable_huge_pages
+
+    enable_huge_pages()  # before torch's first allocation (src/tsvmerge/utils/huge_pages.py)
     args = build_parser().parse_args(argv)
     from tsvmerge.config import ConfigSource, compose_config
     from tsvmerge.config.flags import flag_overrides, quote

@@ -6,7 +6,7 @@ within seconds and says which files are missing, where to get them and how to tr
 
 from __future__ import annotations
 
-import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,6 +148,9 @@ def output_folder_problem(folder: Path) -> str | None:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         return f"{probe} is a file, not a folder"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{probe} is not writable"
+    try:  # a real write, not os.access: root passes access checks on read-only or virtual file systems
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        return f"{probe} is not writable ({exc.strerror or exc})"
     return None
