@@ -16,7 +16,6 @@ src/tsvmerge/config/schema.py. Outputs go to <results_dir>/analysis/<model>/<ana
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
@@ -39,15 +38,11 @@ def cli() -> None:
 
     enable_huge_pages()  # before torch's first allocation (src/tsvmerge/utils/huge_pages.py)
     from tsvmerge.analysis.commands import check_analysis_config
-    from tsvmerge.config import ConfigSource, check_command_line, register_configs
-    from tsvmerge.utils.entry_point import run_main
+    from tsvmerge.config import ConfigSource
+    from tsvmerge.config.compose import run_checked_app
 
-    register_configs()
-    code = run_main("analyze.py", lambda: check_command_line(sys.argv[1:], ConfigSource(CONFIG_DIR), "analyze",
-                                                             validate=check_analysis_config))
-    if code:
-        raise SystemExit(code)
-    raise SystemExit(run_main("analyze.py", main))
+    raise SystemExit(run_checked_app("analyze.py", main, ConfigSource(CONFIG_DIR), "analyze",
+                                     check_analysis_config))
 
 
 if __name__ == "__main__":

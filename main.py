@@ -14,7 +14,6 @@ Configuration: config/config.yaml on the schema of src/tsvmerge/config/schema.py
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
@@ -35,16 +34,11 @@ def cli() -> None:
     from tsvmerge.utils.huge_pages import enable_huge_pages
 
     enable_huge_pages()  # before torch's first allocation: merging allocates large CPU tensors per layer
-    from tsvmerge.config import ConfigSource, check_command_line, register_configs
+    from tsvmerge.config import ConfigSource
+    from tsvmerge.config.compose import run_checked_app
     from tsvmerge.evaluation.merge_eval import check_run_config
-    from tsvmerge.utils.entry_point import run_main
 
-    register_configs()
-    code = run_main("main.py", lambda: check_command_line(sys.argv[1:], ConfigSource(CONFIG_DIR), "config",
-                                                          validate=check_run_config))
-    if code:
-        raise SystemExit(code)
-    raise SystemExit(run_main("main.py", main))
+    raise SystemExit(run_checked_app("main.py", main, ConfigSource(CONFIG_DIR), "config", check_run_config))
 
 
 if __name__ == "__main__":

@@ -230,3 +230,16 @@ def to_container(cfg: DictConfig | ListConfig) -> Any:
         return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     except OmegaConfBaseException as exc:
         raise ConfigError(explain(exc)) from None
+
+
+def run_checked_app(prog: str, app: Callable[[], Any], source: ConfigSource, config_name: str,
+                    validate: Callable[[DictConfig], Any]) -> int:
+    """Run a ``@hydra.main`` application ``app`` after :func:`check_command_line` accepted every job of
+    ``sys.argv``; both through :func:`tsvmerge.utils.entry_point.run_main`. Returns the exit status."""
+    import sys
+
+    from ..utils.entry_point import run_main
+
+    register_configs()
+    code = run_main(prog, lambda: check_command_line(sys.argv[1:], source, config_name, validate=validate))
+    return code or run_main(prog, app)
