@@ -47,6 +47,13 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+def _default_signals() -> None:
+    """In the child: SIGINT handled as in a terminal, even when the test runner was started in the background
+    (where the shell ignores SIGINT and Python would then keep ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
 
@@ -88,7 +95,8 @@ def test_signal_during_a_write_leaves_no_temporary_file(signum: int, status: int
     before = snapshot(ckpts.root)
     process = subprocess.Popen(
         [sys.executable, str(wrapper), str(ready), *ckpts.merge_argv("sum", out / "merged.pt")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO,
+        preexec_fn=_default_signals)
     try:
         deadline = time.monotonic() + 90
         while not ready.exists():

@@ -1,22 +1,26 @@
 """The paper's analyses: Singular Task Interference, spectra, Procrustes error, rank truncation, ablation, α heat-map,
 compression, and the results report. Figures are drawn by :mod:`tsvmerge.plotting`; commands in
-:mod:`tsvmerge.analysis.commands` (``analyze.py``) and :mod:`tsvmerge.analysis.report` (``report.py``)."""
+:mod:`tsvmerge.analysis.commands` (``analyze.py``) and :mod:`tsvmerge.analysis.report` (``report.py``).
 
-from .common import EvalSession, Workspace, open_task_vectors, tasks_tag
-from .interference import gram_data, interference_table, sti
-from .procrustes import procrustes_table
-from .spectra import layer_spectra
-from .truncation import truncation_curves
+The names below are imported on first use, so that light submodules (``params``, read by every entry point's
+configuration) do not pull in the plotting and evaluation stack.
+"""
 
-__all__ = [
-    "EvalSession",
-    "Workspace",
-    "gram_data",
-    "interference_table",
-    "layer_spectra",
-    "open_task_vectors",
-    "procrustes_table",
-    "sti",
-    "tasks_tag",
-    "truncation_curves",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "EvalSession": "common", "Workspace": "common", "open_task_vectors": "common", "tasks_tag": "common",
+    "gram_data": "interference", "interference_table": "interference", "sti": "interference",
+    "procrustes_table": "procrustes", "layer_spectra": "spectra", "truncation_curves": "truncation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

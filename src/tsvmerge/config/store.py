@@ -81,7 +81,7 @@ def analysis_schema(name: str, params: type) -> type:
 
 
 def register_configs() -> None:
-    """Store every schema in Hydra's ConfigStore (idempotent: the same entries are stored again)."""
+    """Store every schema in Hydra's ConfigStore (idempotent: what is already there is kept)."""
     from hydra.core.config_store import ConfigStore
 
     from ..analysis.params import ANALYSIS_PARAMS
@@ -89,9 +89,15 @@ def register_configs() -> None:
     from ..merging.registry import method_class
 
     store = ConfigStore.instance()
+    stored = store.repo.get("schema", {})
+    methods = stored.get("method", {}) if isinstance(stored, dict) else {}
     for name, node in PRIMARY_SCHEMAS.items():
-        store.store(name=name, node=node)
-    for name in available_methods():
-        store.store(group="schema/method", name=name, node=method_schema(method_class(name)))
+        if f"{name}.yaml" not in store.repo:
+            store.store(name=name, node=node)
+    for name in available_methods():  # methods registered since the last call (plug-ins, tests) are added
+        if f"{name}.yaml" not in methods:
+            store.store(group="schema/method", name=name, node=method_schema(method_class(name)))
+    analyses = stored.get("analysis", {}) if isinstance(stored, dict) else {}
     for name, params in ANALYSIS_PARAMS.items():
-        store.store(group="schema/analysis", name=name, node=analysis_schema(name, params))
+        if f"{name}.yaml" not in analyses:
+            store.store(group="schema/analysis", name=name, node=analysis_schema(name, params))
