@@ -10,8 +10,10 @@ import os, sys
 e = dict(os.environ)
 import tsvmerge, tsvmerge.merging, tsvmerge.evaluation  # the one-liner, first thing in a fresh process
 assert e == dict(os.environ)
+# torchvision (through torch._dynamo) and open_clip set TORCHINDUCTOR_CACHE_DIR / TOKENIZERS_PARALLELISM when
+# imported: third-party behaviour, imported first so that what is checked below is tsvmerge's own.
+import torch, torchvision, open_clip
 env = dict(os.environ)
-import torch
 threads = torch.get_num_threads()
 import tsvmerge, tsvmerge.merging, tsvmerge.evaluation, tsvmerge.config, tsvmerge.analysis, tsvmerge.training
 import tsvmerge.cli, tsvmerge.demo, tsvmerge.evaluation.merge_eval, tsvmerge.training.run, tsvmerge.analysis.commands
