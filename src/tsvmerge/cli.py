@@ -30,7 +30,6 @@ from .merging import (
     method_parameters,
 )
 from .merging.svd import SVD_MODES
-from .config.flags import quote
 from .utils.device import activate_device, resolve_device
 from .utils.entry_point import checkpoint_errors, run_main
 from .utils.memory import MemoryMonitor
@@ -93,8 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ------------------------------------------------------------------------------------ checks before any work
 
 def _build_method(args: argparse.Namespace) -> MergeMethod:
-    """The method configured the way every entry point configures one: its schema composed by Hydra with the
-    ``--set`` assignments (plus ``--svd`` / ``--report-sti``), checked by the method itself."""
+    """The method configured the way every entry point configures one: the ``--set`` assignments (plus ``--svd`` /
+    ``--report-sti``) checked against the method's schema, then by the method itself."""
     from .config.settings import method_choice
 
     params = _parse_assignments(args.params)
@@ -107,7 +106,7 @@ def _build_method(args: argparse.Namespace) -> MergeMethod:
         if "report_sti" not in available:
             raise ValueError(f"--report-sti applies to the TSV-M methods, not {args.method!r}")
         params["report_sti"] = "true"
-    choice = method_choice(args.method, [f"{key}={quote(value)}" for key, value in params.items()])
+    choice = method_choice(args.method, [f"{key}={value}" for key, value in params.items()])
     return build_method(choice.name, choice.params)
 
 

@@ -15,8 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 
 from ..config import ConfigError, ConfigSource
 from ..evaluation.results import write_json
@@ -43,26 +42,21 @@ log = logging.getLogger(__name__)
 def parse_params(name: str, section: Mapping[str, Any]) -> Any:
     """The analysis' parameter dataclass from its config section (``name`` plus the dataclass' fields): key names
     and types checked against its schema, allowed values by the dataclass itself."""
-    from ..config.compose import explain, to_container
+    from ..config.compose import section_values
     from ..config.store import analysis_schema
 
     if name not in ANALYSIS_PARAMS:
         raise ConfigError(f"unknown analysis {name!r}; available: {', '.join(ANALYSIS_PARAMS)}")
     cls = ANALYSIS_PARAMS[name]
-    plain = OmegaConf.to_container(section, resolve=True, enum_to_str=True) if isinstance(section, DictConfig) \
-        else dict(section)
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(analysis_schema(name, cls)), {"name": name, **plain})
-    except OmegaConfBaseException as exc:
-        message = explain(exc)
-        if message.startswith(("unknown config key", "unknown key")):
-            key = message.split("'")[1].rpartition(".")[2]
-            valid = ["name", *(f.name for f in dataclasses.fields(cls))]
-            message = f"unknown key {key} for analysis={name}; valid keys: {', '.join(valid)}"
-        else:
-            message = f"analysis.{message}"
-        raise ConfigError(message) from None
-    values = {k: v for k, v in to_container(typed).items() if k != "name"}
+        values, unknown = section_values(analysis_schema(name, cls), section)
+    except ConfigError as exc:
+        raise ConfigError(f"analysis.{exc}") from None
+    if unknown:
+        valid = ["name", *(f.name for f in dataclasses.fields(cls))]
+        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for analysis={name}; "
+                          f"valid keys: {', '.join(valid)}")
+    values.pop("name", None)
     try:
         return cls(**values)
     except ConfigError:

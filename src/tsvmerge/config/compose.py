@@ -10,8 +10,9 @@ report after the launcher started.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,16 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError
 from .store import register_configs
 
-__all__ = ["ConfigSource", "check_command_line", "compose_config", "explain", "split_command_line"]
+__all__ = [
+    "ConfigSource",
+    "check_command_line",
+    "compose_config",
+    "explain",
+    "run_checked_app",
+    "section_values",
+    "split_command_line",
+    "to_container",
+]
 
 
 @dataclass(frozen=True)
@@ -222,6 +232,20 @@ def check_command_line(argv: Sequence[str], source: ConfigSource, config_name: s
                     problems.append(problem)
     if problems:
         raise ConfigError("invalid command line:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def section_values(schema: type, section: Mapping[str, Any] | DictConfig) -> tuple[dict[str, Any], list[str]]:
+    """``section`` (a config node or a mapping) on ``schema``: its values typed by the schema (defaults filled in),
+    and the keys the schema does not know, left out for the caller to report in its own terms. A value of the wrong
+    type raises ConfigError naming the key."""
+    plain = to_container(section) if isinstance(section, DictConfig) else dict(section)
+    known = {f.name for f in dataclasses.fields(schema)}
+    unknown = [str(k) for k in plain if k not in known]
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(schema), {k: v for k, v in plain.items() if k in known})
+    except OmegaConfBaseException as exc:
+        raise ConfigError(explain(exc)) from None
+    return to_container(typed), unknown
 
 
 def to_container(cfg: DictConfig | ListConfig) -> Any:

@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..evaluation.tracking import WandbSettings
 from ..models.factory import ModelSpec
-from .compose import explain, to_container
+from .compose import section_values, to_container
 from .errors import ConfigError
 from .schema import RunSchema
 
@@ -142,16 +142,16 @@ def method_from_section(section: Any, problems: Problems) -> MethodChoice | None
     if name not in available_methods():
         problems.append(f"unknown method {name!r}; available methods: {available}")
         return None
+    schema = method_schema(method_class(name))
     try:
-        plain = OmegaConf.to_container(section, resolve=True, enum_to_str=True) \
-            if isinstance(section, DictConfig) else dict(section)
-        typed = OmegaConf.merge(OmegaConf.structured(method_schema(method_class(name))), plain)
-        values = to_container(typed)
-    except OmegaConfBaseException as exc:
-        problems.append(_method_problem(name, explain(exc)))
-        return None
+        values, unknown = section_values(schema, section)
     except ConfigError as exc:
-        problems.append(_method_problem(name, str(exc)))
+        problems.append(f"method {name}: method.{exc}")
+        return None
+    if unknown:
+        valid = ", ".join(f.name for f in dataclasses.fields(schema))
+        problems.append(f"unknown method {name} key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                        f"valid method {name} keys: {valid}")
         return None
     params = {k: v for k, v in values.items() if k not in ("name", "full_name")}
     try:
@@ -166,33 +166,18 @@ def method_from_section(section: Any, problems: Problems) -> MethodChoice | None
     return MethodChoice(name, full_name, params)
 
 
-def method_choice(name: str, overrides: Sequence[str] = ()) -> MethodChoice:
-    """A method configured without YAML files (``tsvmerge merge --method ties --set k=30``): its schema composed
-    by Hydra with ``overrides`` (``key=value``), then checked like a ``config/method`` file."""
-    from ..merging import available_methods
-    from .compose import ConfigSource, compose_config
-
-    if name not in available_methods():
-        raise ConfigError(f"unknown method {name!r}; available methods: {', '.join(available_methods())}")
+def method_choice(name: str, assignments: Sequence[str] = ()) -> MethodChoice:
+    """A method configured without YAML files (``tsvmerge merge --method ties --set k=30``): the ``key=value``
+    assignments (values read as in YAML: ``null``, ``true``, numbers), checked like a ``config/method`` file."""
     try:
-        composed = compose_config(ConfigSource(None), f"schema/method/{name}",
-                                  [f"schema.method.{o.lstrip('+')}" for o in overrides])
-    except ConfigError as exc:
-        raise ConfigError(_method_problem(name, str(exc).replace("schema.method.", "method."))) from None
-    section = composed.schema.method
+        section = OmegaConf.to_container(OmegaConf.from_dotlist(list(assignments)))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"method {name}: cannot read {list(assignments)}: {exc}") from None
     problems = Problems()
-    choice = method_from_section(section, problems)
+    choice = method_from_section({**section, "name": name}, problems)
     if problems or choice is None:
         raise ConfigError("; ".join(problems))
     return choice
-
-
-def _method_problem(name: str, message: str) -> str:
-    if message.startswith(("unknown config key", "unknown key")):
-        key = message.split("'")[1]
-        valid = message.rpartition("keys: ")[2]
-        return f"unknown method {name} key {key.rpartition('.')[2]}; valid method {name} keys: {valid}"
-    return f"method {name}: {message}"
 
 
 def wandb_settings(section: Mapping[str, Any]) -> WandbSettings:

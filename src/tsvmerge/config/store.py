@@ -51,13 +51,11 @@ def _default(f: dataclasses.Field) -> Any:
     return "???"
 
 
-def method_schema(cls: type) -> type:
-    """The structured config of a merge method: ``name``, ``full_name`` and the method's own parameters."""
+def _schema_of(cls: type, leading: list[tuple[str, Any, Any]]) -> type:
+    """A structured config with the ``leading`` fields, then one field per constructor field of dataclass ``cls``
+    (its default, its annotation in the form OmegaConf supports)."""
     hints = typing.get_type_hints(cls)
-    fields: list[tuple[str, Any, Any]] = [
-        ("name", str, dataclasses.field(default=cls.name)),
-        ("full_name", Optional[str], dataclasses.field(default=None)),  # noqa: UP007
-    ]
+    fields = list(leading)
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
@@ -68,16 +66,15 @@ def method_schema(cls: type) -> type:
     return dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
 
 
+def method_schema(cls: type) -> type:
+    """The structured config of a merge method: ``name``, ``full_name`` and the method's own parameters."""
+    return _schema_of(cls, [("name", str, dataclasses.field(default=cls.name)),
+                            ("full_name", Optional[str], dataclasses.field(default=None))])  # noqa: UP007
+
+
 def analysis_schema(name: str, params: type) -> type:
     """The structured config of an analysis: ``name`` and its parameter dataclass' fields."""
-    hints = typing.get_type_hints(params)
-    fields: list[tuple[str, Any, Any]] = [("name", str, dataclasses.field(default=name))]
-    for f in dataclasses.fields(params):
-        default = _default(f)
-        value = dataclasses.field(default_factory=lambda d=default: d) if isinstance(default, list | dict) \
-            else dataclasses.field(default=default)
-        fields.append((f.name, _config_type(hints[f.name]) if hints[f.name] not in (list, dict) else Any, value))
-    return dataclasses.make_dataclass(f"{params.__name__}Config", fields)
+    return _schema_of(params, [("name", str, dataclasses.field(default=name))])
 
 
 def register_configs() -> None:

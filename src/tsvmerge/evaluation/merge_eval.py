@@ -41,7 +41,7 @@ from ..models.zeroshot_heads import load_or_build_heads
 from .alpha_search import InPlaceWeights, alpha_grid, alpha_label
 from .evaluate import CachePolicy, EvalSplit, Evaluator, Runtime
 from .metrics import first_best, metrics_section
-from .preflight import Preflight, existing_mask_file
+from .preflight import Preflight
 from .results import RESULT_SCHEMA, format_table, result_path, result_suffix, write_json
 from .tracking import Tracker
 
@@ -119,11 +119,16 @@ def _preflight(settings: RunSettings, method: MergeMethod,
     return zeroshot, finetuned, accuracies, mask_file
 
 
-def mask_file_path(settings: RunSettings, files: MaskFiles) -> Path:
-    """Where this run's TALL masks are saved (and read from, unless ``mask_file`` names a file)."""
+def _mask_file_candidates(settings: RunSettings, files: MaskFiles) -> list[Path]:
+    """The saved TALL-mask files of this run's setting, the one to write first (``tall_mask_paths``)."""
     tasks = None if settings.benchmark_prefix else settings.datasets
     return tall_mask_paths(settings.model_location, settings.model.name, settings.num_tasks,
-                           bool(files.variant), files.variant.removeprefix("_use_ties_"), tasks)[0]
+                           bool(files.variant), files.variant.removeprefix("_use_ties_"), tasks)
+
+
+def mask_file_path(settings: RunSettings, files: MaskFiles) -> Path:
+    """Where this run's TALL masks are saved (and read from, unless ``mask_file`` names a file)."""
+    return _mask_file_candidates(settings, files)[0]
 
 
 def _mask_file(settings: RunSettings, method: MergeMethod, check: Preflight) -> Path | None:
@@ -140,9 +145,7 @@ def _mask_file(settings: RunSettings, method: MergeMethod, check: Preflight) -> 
                 check.other.append(f"method.mask_file={str(path)!r} does not exist")
                 return path
         else:
-            tasks = None if settings.benchmark_prefix else settings.datasets
-            found = existing_mask_file(settings.model_location, settings.model.name, settings.num_tasks,
-                                       bool(files.variant), files.variant.removeprefix("_use_ties_"), tasks)
+            found = next((p for p in _mask_file_candidates(settings, files) if p.is_file()), None)
             if found is None:
                 check.other.append(_missing_masks_message(settings, method, files))
                 return None

@@ -6,24 +6,24 @@ within seconds and says which files are missing, where to get them and how to tr
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checkpoints.paths import (
     CHECKPOINT_HELP,
+    OutputPathError,
+    check_output_path,
     find_zeroshot_checkpoint,
     finetuned_checkpoint_path,
     head_path,
-    tall_mask_paths,
 )
 from ..data.errors import DatasetNotFoundError
 from ..data.registry import REGISTRY
 from ..models.factory import ModelSpec
 from .metrics import AccuracyFileError, load_ft_accuracies
 
-__all__ = ["OFFLINE_DEMO_HELP", "MissingInputsError", "Preflight", "dataset_problems", "existing_mask_file"]
+__all__ = ["OFFLINE_DEMO_HELP", "MissingInputsError", "Preflight", "dataset_problems", "output_folder_problem"]
 
 #: How to try the code without downloads (printed with every missing-inputs error).
 OFFLINE_DEMO_HELP = (
@@ -92,7 +92,7 @@ class Preflight:
         """An output folder that exists or can be created, and can be written to (checked before any work)."""
         problem = output_folder_problem(Path(folder))
         if problem:
-            self.other.append(f"{what} {str(folder)!r}: {problem}")
+            self.other.append(f"{what}: {problem}")
 
     def raise_if_missing(self) -> None:
         if not (self.checkpoints or self.other or self.datasets):
@@ -129,28 +129,11 @@ def dataset_problems(location: str | Path, datasets: Sequence[str]) -> list[str]
     return problems
 
 
-def existing_mask_file(model_location: str | Path, model: str, num_tasks: int, use_ties: bool,
-                       ties_agg: str, datasets: Sequence[str] | None = None) -> Path | None:
-    """The saved TALL-mask file of this setting, if any (both published TIES names are accepted)."""
-    for path in tall_mask_paths(model_location, model, num_tasks, use_ties, ties_agg, datasets):
-        if path.is_file():
-            return path
-    return None
-
-
 def output_folder_problem(folder: Path) -> str | None:
-    """Why files cannot be written into ``folder`` (None: they can): the nearest existing ancestor must be a
-    writable directory."""
-    probe = folder
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        return f"{probe} is a file, not a folder"
-    try:  # a real write, not os.access: root passes access checks on read-only or virtual file systems
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as exc:
-        return f"{probe} is not writable ({exc.strerror or exc})"
+    """Why files cannot be written into ``folder`` (None: they can), by the same real-write probe as every other
+    output path (:func:`tsvmerge.checkpoints.paths.check_output_path`); nothing is created."""
+    try:
+        check_output_path(folder, label="folder", folder=True)
+    except OutputPathError as exc:
+        return str(exc)
     return None
