@@ -3,7 +3,7 @@
 
     python eval_single_task.py --model=ViT-B-32 --finetuning-mode=none
     python eval_single_task.py --model=ViT-B-32 --finetuning-mode=standard --datasets MNIST Cars
-    python eval_single_task.py --model=ViT-B-32 batch_size=256           # plain overrides of config/eval_single_task.yaml
+    python eval_single_task.py --model=ViT-B-32 batch_size=256    # plain overrides of config/eval_single_task.yaml
 
 Writes results/single_task/<model>/nonlinear_ft_accuracies.json (standard: the denominators of main.py's normalized
 accuracy) or zeroshot_accuracies.json (none), as {"MNIST": top1, "MNISTVal": top1, ...}. Every flag sets a key of

@@ -248,7 +248,8 @@ def test_sti_vs_accuracy_uses_result_files_and_leaves_missing_ones_out(aworld: W
     (["analysis=truncation", "analysis.split=train"], "analysis.split='train' is not valid; choose one of: test, val"),
     (["analysis=sti", "method.foo=5"], "unknown key 'method.foo' for method=sum; valid method keys"),
     (["analysis=truncation", "analysis.fractions=[0,1]"], "analysis.fractions must be non-empty, each in (0, 1]"),
-    (["analysis=truncation", "analysis.fractions=0.5"], "analysis.fractions must be non-empty, each in (0, 1]; got 0.5"),
+    (["analysis=truncation", "analysis.fractions=0.5"],
+     "analysis.fractions must be non-empty, each in (0, 1]; got 0.5"),
     (["analysis=alpha_heatmap", "analysis.subsets=[[MNIST,Foo]]"], "analysis.subsets: Unknown dataset 'Foo'"),
 ])
 def test_configuration_errors(aworld: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,

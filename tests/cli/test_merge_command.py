@@ -105,7 +105,8 @@ def test_tall_mask_outputs_and_published_mask_file(files):
     (["--method", "TSVM3"], "unknown method 'TSVM3'; available"),
     (["--method", "sum", "--svd", "exact"], "does not use an SVD"),
     (["--method", "TSVC"], "must be a folder"),
-    (["--method", "ties", "--set", "bogus=1"], "unknown method ties key bogus; valid method ties keys: name, full_name"),
+    (["--method", "ties", "--set", "bogus=1"],
+     "unknown method ties key bogus; valid method ties keys: name, full_name"),
 ])
 def test_errors_are_clear(files, capsys, argv, message):
     tmp, _, _, paths = files

@@ -34,6 +34,16 @@ def run_script(script: str, args: list[str], monkeypatch: pytest.MonkeyPatch) ->
     return 0
 
 
+def assert_script_rejects(script: str, args: list[str], root: Path, monkeypatch: pytest.MonkeyPatch,
+                          capsys: pytest.CaptureFixture, *names: str) -> None:
+    """``python <script> <args>`` is rejected per the contract, naming ``names``, and ``root`` is left unchanged."""
+    before = snapshot(root)
+    code = run_script(script, args, monkeypatch)
+    captured = capsys.readouterr()
+    assert_rejected(code, captured.out, captured.err, script, *names)
+    assert snapshot(root) == before
+
+
 def _main_args(world: World, tmp_path: Path, *overrides: str, datasets: bool = True) -> list[str]:
     """main.py's command line for the tiny world; without ``datasets`` the world's task list is left out."""
     args = world.main_args(f"results_dir={tmp_path / 'results'}", f"ft_accuracies={world.ft_accuracies}",
@@ -61,23 +71,16 @@ MAIN_CASES = {
 def test_main_py(case: str, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                  capsys: pytest.CaptureFixture) -> None:
     overrides, datasets, names = MAIN_CASES[case]
-    before = snapshot(tmp_path)
-    code = run_script("main.py", _main_args(world, tmp_path, *overrides, datasets=datasets), monkeypatch)
-    captured = capsys.readouterr()
-    assert_rejected(code, captured.out, captured.err, "main.py", *names)
-    assert snapshot(tmp_path) == before
+    args = _main_args(world, tmp_path, *overrides, datasets=datasets)
+    assert_script_rejects("main.py", args, tmp_path, monkeypatch, capsys, *names)
 
 
 def test_main_py_unwritable_results_dir(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture) -> None:
     blocker = tmp_path / "blocker.txt"
     blocker.write_text("x")
-    before = snapshot(tmp_path)
     args = [*_main_args(world, tmp_path, "method=sum"), f"results_dir={blocker / 'results'}"]
-    code = run_script("main.py", args, monkeypatch)
-    captured = capsys.readouterr()
-    assert_rejected(code, captured.out, captured.err, "main.py", str(blocker))
-    assert snapshot(tmp_path) == before
+    assert_script_rejects("main.py", args, tmp_path, monkeypatch, capsys, str(blocker))
 
 
 ANALYZE_CASES = {
@@ -94,11 +97,7 @@ def test_analyze_py(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     overrides, names = ANALYZE_CASES[case]
     args = [*overrides, f"results_dir={tmp_path / 'results'}", f"model_location={tmp_path / 'checkpoints'}",
             f"data_location={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"]
-    before = snapshot(tmp_path)
-    code = run_script("analyze.py", args, monkeypatch)
-    captured = capsys.readouterr()
-    assert_rejected(code, captured.out, captured.err, "analyze.py", *names)
-    assert snapshot(tmp_path) == before
+    assert_script_rejects("analyze.py", args, tmp_path, monkeypatch, capsys, *names)
 
 
 def test_analyze_py_unwritable_results_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -106,11 +105,7 @@ def test_analyze_py_unwritable_results_dir(tmp_path: Path, monkeypatch: pytest.M
     blocker = tmp_path / "blocker.txt"
     blocker.write_text("x")
     args = ["analysis=sti", f"results_dir={blocker / 'results'}", f"hydra.run.dir={tmp_path / 'run'}"]
-    before = snapshot(tmp_path)
-    code = run_script("analyze.py", args, monkeypatch)
-    captured = capsys.readouterr()
-    assert_rejected(code, captured.out, captured.err, "analyze.py", str(blocker))
-    assert snapshot(tmp_path) == before
+    assert_script_rejects("analyze.py", args, tmp_path, monkeypatch, capsys, str(blocker))
 
 
 FINETUNE_CASES = {
@@ -128,11 +123,7 @@ def test_finetune_py(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     extra, names = FINETUNE_CASES[case]
     args = ["--model-location", str(tmp_path / "checkpoints"), "--data-location", str(tmp_path / "data"),
             "--results-dir", str(tmp_path / "results"), "--device", "cpu", *extra]
-    before = snapshot(tmp_path)
-    code = run_script("finetune.py", args, monkeypatch)
-    captured = capsys.readouterr()
-    assert_rejected(code, captured.out, captured.err, "finetune.py", *names)
-    assert snapshot(tmp_path) == before
+    assert_script_rejects("finetune.py", args, tmp_path, monkeypatch, capsys, *names)
 
 
 def test_finetune_py_unwritable_model_location(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -143,18 +134,11 @@ def test_finetune_py_unwritable_model_location(world: World, tmp_path: Path, mon
     args = ["--config-dir", str(world.conf), "--model", "tiny", "--model-location", str(blocker / "checkpoints"),
             "--data-location", str(world.data), "--results-dir", str(tmp_path / "results"), "--device", "cpu",
             "--train-dataset", "MNIST", "--max-steps", "1", "--num-workers", "0", "--no-eval", "--no-progress"]
-    before = snapshot(tmp_path)
-    code = run_script("finetune.py", args, monkeypatch)
-    captured = capsys.readouterr()
-    assert_rejected(code, captured.out, captured.err, "finetune.py", str(blocker))
-    assert snapshot(tmp_path) == before
+    assert_script_rejects("finetune.py", args, tmp_path, monkeypatch, capsys, str(blocker))
 
 
 def test_report_py_missing_results_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture) -> None:
     missing = tmp_path / "nowhere"
-    before = snapshot(tmp_path)
-    code = run_script("report.py", ["--results-dir", str(missing), "--no-radar"], monkeypatch)
-    captured = capsys.readouterr()
-    assert_rejected(code, captured.out, captured.err, "report.py", str(missing))
-    assert snapshot(tmp_path) == before
+    args = ["--results-dir", str(missing), "--no-radar"]
+    assert_script_rejects("report.py", args, tmp_path, monkeypatch, capsys, str(missing))

@@ -324,8 +324,9 @@ def run_analysis(name: str, workspace: Workspace, params: Any | Mapping[str, Any
 
 # ------------------------------------------------------------------------------------------------- command line
 
-def check_analysis_config(cfg: DictConfig) -> None:
-    """Everything ``analyze.py`` checks before any work: main.py's configuration and the analysis' parameters."""
+def check_analysis_config(cfg: DictConfig) -> Any:
+    """Everything ``analyze.py`` checks before any work: main.py's configuration, the analysis' parameters (returned,
+    as their dataclass) and its output folder."""
     from ..config import settings_from_config
     from ..evaluation.preflight import output_folder_problem
 
@@ -340,6 +341,7 @@ def check_analysis_config(cfg: DictConfig) -> None:
     if problem:
         key = "analysis.out_dir" if out_dir else "results_dir"
         raise ConfigError(f"{key}={str(out_dir or settings.results_dir)!r}: {problem}; choose a writable folder")
+    return params
 
 
 def run_from_hydra(cfg: DictConfig, source: ConfigSource) -> list[Path]:
@@ -347,9 +349,8 @@ def run_from_hydra(cfg: DictConfig, source: ConfigSource) -> list[Path]:
     from ..utils.entry_point import user_errors
 
     try:
-        check_analysis_config(cfg)
+        params = check_analysis_config(cfg)
         name = str(cfg.analysis.name)
-        params = parse_params(name, cfg.analysis)
         files = run_analysis(name, Workspace(cfg, source), params)
     except user_errors() as exc:  # ConfigError included
         print(f"analyze.py: error: {exc}", file=sys.stderr)

@@ -190,7 +190,6 @@ def split_command_line(argv: Sequence[str]) -> CommandLine:
 def _jobs(overrides: Sequence[str]) -> list[list[str]]:
     """Each job's overrides of a (multi)run command line: sweeps (``a=1,2``, ``range(...)``) expanded."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-
     from hydra.errors import OverrideParseException
 
     try:

@@ -9,9 +9,9 @@ other entry point's. Plain overrides (``lr=2e-5``) are accepted too.
 from __future__ import annotations
 
 import argparse
-import re
 import dataclasses
 import enum
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal

@@ -3,4 +3,6 @@
 from .pipeline import DEFAULT_ANALYSES, DEFAULT_METHODS, DemoPlan, demo_plan, run_demo
 from .pretrain import PretrainSettings, pretrain_clip
 
-__all__ = ["DEFAULT_ANALYSES", "DEFAULT_METHODS", "DemoPlan", "PretrainSettings", "demo_plan", "pretrain_clip", "run_demo"]
+__all__ = [
+    "DEFAULT_ANALYSES", "DEFAULT_METHODS", "DemoPlan", "PretrainSettings", "demo_plan", "pretrain_clip", "run_demo",
+]

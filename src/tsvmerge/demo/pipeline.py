@@ -103,15 +103,11 @@ def demo_plan(cfg: Any, source: ConfigSource) -> DemoPlan:
 
 
 def _step(what: str, command: Sequence[str], run: Callable[[], object]) -> float:
-    """Print a step and the command line that does the same by hand, run it; raise if it fails."""
+    """Print a step and the command line that does the same by hand, run it; returns its seconds (a failing step
+    raises, and the demo stops there)."""
     print(f"\n==> {what}\n$ {shlex.join(command)}", flush=True)
     started = time.perf_counter()
-    try:
-        status = run()
-    except SystemExit as exc:  # a recipe that reports its own error and exits
-        status = exc.code
-    if isinstance(status, int) and status != 0:
-        raise RuntimeError(f"{what} failed (exit status {status}): {shlex.join(command)}")
+    run()
     return time.perf_counter() - started
 
 
@@ -121,7 +117,7 @@ def _newer_than(path: Path, inputs: Sequence[Path]) -> bool:
 
 def run_demo(plan: DemoPlan) -> dict[str, object]:
     """Run every step of ``plan``; returns the timings, the summary rows and the written files."""
-    from ..analysis.commands import check_analysis_config, parse_params, run_analysis
+    from ..analysis.commands import check_analysis_config, run_analysis
     from ..analysis.common import Workspace
     from ..analysis.report import write_report
     from ..config import settings_from_config
@@ -211,10 +207,10 @@ def run_demo(plan: DemoPlan) -> dict[str, object]:
         for analysis in plan.analyses:
             overrides = [*common, f"analysis={analysis}"]
             composed = compose_config(source, "analyze", overrides)
-            check_analysis_config(composed)
+            params = check_analysis_config(composed)
             _step(f"analysis: {analysis}", ["python", "analyze.py", *overrides],
-                  lambda composed=composed, analysis=analysis: run_analysis(
-                      analysis, Workspace(composed, source), parse_params(analysis, composed.analysis)))
+                  lambda composed=composed, analysis=analysis, params=params: run_analysis(
+                      analysis, Workspace(composed, source), params))
         timings["analyses_s"] = time.perf_counter() - tick
         report_dir = plan.results_dir / "report"
         timings["report_s"] = _step("Table 2-style report and radar chart of every result file",
