@@ -107,7 +107,8 @@ def _build_method(args: argparse.Namespace) -> MergeMethod:
             raise ValueError(f"--report-sti applies to the TSV-M methods, not {args.method!r}")
         params["report_sti"] = "true"
     choice = method_choice(args.method, [f"{key}={value}" for key, value in params.items()])
-    return build_method(choice.name, choice.params)
+    # The checkpoints' model is unknown here: settings published per model (CART's) must be given explicitly.
+    return build_method(choice.name, choice.params).for_benchmark(None, len(args.finetuned))
 
 
 def _check_options(args: argparse.Namespace, method: MergeMethod) -> None:

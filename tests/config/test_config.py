@@ -98,7 +98,7 @@ def test_accepted(overrides: list[str], check) -> None:
     (["method=ties", "method.agg=median"], "agg='median' is not one of mean, sum, max"),
     (["method=ties", "method.k=abc"], "method.k: Value 'abc' of type 'str' could not be converted to Float"),
     (["method=TSVM", "method.svd=magic"], "svd='magic' is not one of exact, full, randomized"),
-    (["method=foo"], "unknown method 'foo'; available: average, consensus"),
+    (["method=foo"], "unknown method 'foo'; available: average, cart, consensus"),
     (["model=RN50"], "unknown model 'RN50'; available: demo, ViT-B-16, ViT-B-32, ViT-L-14"),
     (["precision=fp8"], "precision: Invalid value 'fp8', expected one of [bf16, fp16, fp32]"),
     (["eval_cache=ram"], "expected one of [memory, disk, none]"),
@@ -123,7 +123,7 @@ def test_rejected(overrides: list[str], expected: str) -> None:
 @pytest.mark.parametrize("argv,expected", [
     (["method=TSVM", "method.k=5"], "unknown key 'method.k' for method=TSVM; valid method keys: name, "
                                     "full_name, svd"),
-    (["method=foo"], "unknown method 'foo'; available: average, consensus"),
+    (["method=foo"], "unknown method 'foo'; available: average, cart, consensus"),
     (["-m", "method=sum,foo"], "unknown method 'foo'"),
     (["--multirun", "num_tasks=8,99"], "num_tasks must be an integer in 1..20"),
     (["num_tasks=[1"], "cannot parse the command line"),

@@ -13,7 +13,7 @@ from .checkpoints import deltas, flat, make_checkpoints
 
 IN_PROJ = "model.visual.transformer.resblocks.0.attn.in_proj_weight"
 C_PROJ = "model.visual.transformer.resblocks.0.mlp.c_proj.weight"
-PARAMS = {"consensus": {"tall_lambda": 0.4}}
+PARAMS = {"consensus": {"tall_lambda": 0.4}, "cart": {"prior": 2.0, "rank_ratio": 0.12}}
 
 
 @pytest.fixture(scope="module")

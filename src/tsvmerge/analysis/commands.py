@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
@@ -25,12 +25,16 @@ from .params import (
     AblationParams,
     AlphaHeatmapParams,
     CompressionParams,
+    MergedSpectraParams,
     ProcrustesParams,
     SpectraParams,
     StiAccuracyParams,
     StiParams,
     TruncationParams,
 )
+
+if TYPE_CHECKING:
+    from ..merging import MergeMethod
 
 __all__ = ["ANALYSES", "check_analysis_config", "parse_params", "run_analysis", "run_from_hydra"]
 
@@ -152,6 +156,20 @@ def default_layers(per_entry: Mapping[str, Any], max_panels: int) -> list[str]:
     return chosen[:max_panels]
 
 
+def select_layers(per_entry: Mapping[str, Any], patterns: Sequence[str] | None, max_panels: int) -> list[str]:
+    """The entries of ``patterns`` (exact keys, else regular expressions; every match, in order), or
+    :func:`default_layers` when none are given."""
+    if not patterns:
+        return default_layers(per_entry, max_panels)
+    keys: list[str] = []
+    for pattern in patterns:
+        found = [k for k in per_entry if k == pattern] or [k for k in per_entry if re.search(pattern, k)]
+        if not found:
+            raise ConfigError(f"analysis.layers: no 2-D entry matches {pattern!r}")
+        keys += [k for k in found if k not in keys]
+    return keys
+
+
 def run_spectra(ws: Workspace, p: SpectraParams) -> list[Path]:
     from ..plotting.lowrank import plot_energy, plot_spectra
     from ..plotting.style import write_csv
@@ -161,15 +179,7 @@ def run_spectra(ws: Workspace, p: SpectraParams) -> list[Path]:
     tasks = open_task_vectors(ws.settings)
     spectra = layer_spectra(tasks, progress=_progress(ws))
     per_entry = spectra["per_entry"]
-    if p.layers:
-        keys = []
-        for pattern in p.layers:
-            found = [k for k in per_entry if k == pattern] or [k for k in per_entry if re.search(pattern, k)]
-            if not found:
-                raise ConfigError(f"analysis.layers: no 2-D entry matches {pattern!r}")
-            keys += [k for k in found if k not in keys]
-    else:
-        keys = default_layers(per_entry, p.max_panels)
+    keys = select_layers(per_entry, p.layers, p.max_panels)
     title = _title(ws)
     files = [plot_spectra(spectra, keys, out / f"spectra_{tag}.png", num_tasks=len(ws.datasets), title=title),
              plot_energy(spectra, out / f"energy_{tag}.png", num_tasks=len(ws.datasets), title=title)]
@@ -179,6 +189,40 @@ def run_spectra(ws: Workspace, p: SpectraParams) -> list[Path]:
     files.append(write_csv(out / f"rank_for_energy_{tag}.csv", rows))
     files.append(write_json(out / f"spectra_{tag}.json", spectra))
     return files
+
+
+def run_merged_spectra(ws: Workspace, p: MergedSpectraParams) -> list[Path]:
+    from ..checkpoints.paths import atomic_write
+    from ..plotting.lowrank import plot_merged_spectra
+    from ..plotting.style import METHOD_LABELS, write_csv
+    from .merged_spectra import merged_spectra, merged_spectra_markdown, method_overview, summary_rows
+
+    methods = {name: _configured_method(ws, name) for name in p.methods}  # every config checked before any work
+    out, tag = ws.output_dir("merged_spectra", p.out_dir), tasks_tag(ws.datasets)
+    spectra = merged_spectra(open_task_vectors(ws.settings), methods, progress=_progress(ws))
+    spectra["overview"] = method_overview(spectra)
+    keys = select_layers(spectra["per_entry"], p.layers, p.max_panels)
+    labels = {m: METHOD_LABELS.get(m, m) for m in p.methods}
+    md = merged_spectra_markdown(spectra, keys, labels, f"Spectra of the merged task vector: {_title(ws)}")
+    print(md)
+    return [plot_merged_spectra(spectra, keys, out / f"merged_spectra_{tag}.png", normalize=p.normalize,
+                                title=f"Singular values of τMT: {_title(ws)}"),
+            atomic_write(out / f"merged_spectra_{tag}.md", lambda tmp: tmp.write_text(md)),
+            write_csv(out / f"merged_spectra_{tag}_summary.csv", summary_rows(spectra)),
+            write_json(out / f"merged_spectra_{tag}_all.json", spectra)]
+
+
+def _configured_method(ws: Workspace, name: str) -> MergeMethod:
+    """Method ``name`` as ``main.py method=<name>`` configures it: ``config/method/<name>.yaml`` composed by
+    Hydra, with the defaults that depend on the model and number of tasks filled in."""
+    from ..merging import build_method
+
+    try:
+        settings = ws.run_settings(name)
+        return build_method(settings.method, settings.method_params).for_benchmark(ws.model_name, len(ws.datasets))
+    except (ConfigError, ValueError) as exc:
+        raise ConfigError(f"analysis.methods: method {name} takes its parameters from config/method/{name}.yaml: "
+                          f"{exc}") from None
 
 
 def run_procrustes(ws: Workspace, p: ProcrustesParams) -> list[Path]:
@@ -310,7 +354,7 @@ ANALYSES: dict[str, tuple[type, Callable[[Workspace, Any], list[Path]]]] = {
     name: (ANALYSIS_PARAMS[name], runner) for name, runner in {
         "sti": run_sti, "sti_accuracy": run_sti_accuracy, "spectra": run_spectra, "procrustes": run_procrustes,
         "truncation": run_truncation, "ablation": run_ablation, "alpha_heatmap": run_alpha_heatmap,
-        "compression": run_compression,
+        "compression": run_compression, "merged_spectra": run_merged_spectra,
     }.items()
 }
 

@@ -6,6 +6,7 @@ Key names and types are checked by Hydra against the schema generated from these
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ __all__ = [
     "AblationParams",
     "AlphaHeatmapParams",
     "CompressionParams",
+    "MergedSpectraParams",
     "ProcrustesParams",
     "SpectraParams",
     "StiAccuracyParams",
@@ -73,6 +75,42 @@ class SpectraParams:
     def __post_init__(self) -> None:
         if self.max_panels < 1:
             raise ValueError(f"analysis.max_panels must be at least 1, got {self.max_panels}")
+
+
+@dataclass
+class MergedSpectraParams:
+    methods: list[str] = field(default_factory=lambda: ["sum", "TSVM", "iso_c", "iso_cts", "dc_merge"])
+    layers: list[str] | None = None
+    max_panels: int = 6
+    normalize: bool = False
+    out_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        from .merged_spectra import check_shared_vector_methods
+
+        if not isinstance(self.methods, list) or not self.methods or not all(isinstance(m, str) for m in self.methods):
+            raise ValueError(f"analysis.methods must be a non-empty list of method names, got {self.methods!r}")
+        repeated = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if repeated:
+            raise ValueError(f"analysis.methods lists {', '.join(repeated)} more than once")
+        check_shared_vector_methods(self.methods)
+        _check_layers(self.layers)
+        if self.max_panels < 1:
+            raise ValueError(f"analysis.max_panels must be at least 1, got {self.max_panels}")
+
+
+def _check_layers(layers: Any) -> None:
+    """``layers`` is null or a non-empty list of entry keys / regular expressions that compile."""
+    if layers is None:
+        return
+    if not isinstance(layers, list) or not layers or not all(isinstance(p, str) for p in layers):
+        raise ValueError(f"analysis.layers must be null or a non-empty list of entry keys or regular expressions, "
+                         f"got {layers!r}")
+    for pattern in layers:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"analysis.layers: {pattern!r} is not a regular expression ({exc})") from None
 
 
 @dataclass
@@ -141,4 +179,5 @@ ANALYSIS_PARAMS: dict[str, type] = {
     "ablation": AblationParams,
     "alpha_heatmap": AlphaHeatmapParams,
     "compression": CompressionParams,
+    "merged_spectra": MergedSpectraParams,
 }

@@ -166,6 +166,16 @@ def method_from_section(section: Any, problems: Problems) -> MethodChoice | None
     return MethodChoice(name, full_name, params)
 
 
+def _check_benchmark_defaults(method: MethodChoice, model: str, num_tasks: int, problems: Problems) -> None:
+    """Methods whose defaults depend on the model and task count (CART's published settings) must have them."""
+    from ..merging import build_method
+
+    try:
+        build_method(method.name, method.params).for_benchmark(model, num_tasks)
+    except ValueError as exc:
+        problems.append(str(exc))
+
+
 def method_choice(name: str, assignments: Sequence[str] = ()) -> MethodChoice:
     """A method configured without YAML files (``tsvmerge merge --method ties --set k=30``): the ``key=value``
     assignments (values read as in YAML: ``null``, ``true``, numbers), checked like a ``config/method`` file."""
@@ -255,6 +265,8 @@ def settings_from_config(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
     model = model_spec(values.get("model") or {}, problems)
     method = method_from_section(cfg.get("method") if "method" in cfg else None, problems)
     datasets = _datasets(values, problems, model.benchmark if model is not None else "paper")
+    if model is not None and method is not None and datasets:
+        _check_benchmark_defaults(method, model.name, len(datasets), problems)
     check_minimums(values, RunSchema, problems)
     specify_lambda = _specify_lambda(values.get("specify_lambda"), problems)
     check_device(str(values["device"]), problems)

@@ -7,6 +7,7 @@ no second model is allocated per α.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -15,7 +16,7 @@ from torch import Tensor
 
 from ..merging.registry import MergeMethod
 
-__all__ = ["InPlaceWeights", "alpha_grid", "alpha_label"]
+__all__ = ["EarlyStopping", "InPlaceWeights", "alpha_grid", "alpha_label"]
 
 
 def alpha_grid(method: MergeMethod, n_eval_points: int, specify_lambda: float | None = None) -> list[float]:
@@ -32,6 +33,28 @@ def alpha_grid(method: MergeMethod, n_eval_points: int, specify_lambda: float | 
     if n_eval_points < 2:
         raise ValueError(f"n_eval_points must be at least 2 (the grid drops α=0), got {n_eval_points}")
     return [float(a) for a in np.linspace(0.0, method.alpha_grid_max, n_eval_points)[1:]]
+
+
+class EarlyStopping:
+    """The Iso methods' sweep rule (SPEC_BEYOND §B2): after each α, a score not strictly above the best so far
+    counts one, a better one resets the count; at ``patience`` the sweep stops (None: never).
+
+    The score is the validation mean *absolute* top-1, as the authors wrote it; α is then chosen among the values
+    evaluated by the usual rule (first maximum of the mean normalized top-1).
+    """
+
+    def __init__(self, patience: int | None) -> None:
+        self.patience = patience
+        self._best = -math.inf
+        self._without_gain = 0
+
+    def update(self, score: float) -> bool:
+        """Record one α's score; True when the sweep must stop."""
+        if score > self._best:
+            self._best, self._without_gain = score, 0
+        else:
+            self._without_gain += 1
+        return self.patience is not None and self._without_gain >= self.patience
 
 
 def alpha_label(alpha: float) -> str:

@@ -38,7 +38,7 @@ from ..models.encoder import build_image_encoder
 from ..models.factory import ModelSpec
 from ..models.preprocess import split_preprocess
 from ..models.zeroshot_heads import load_or_build_heads
-from .alpha_search import InPlaceWeights, alpha_grid, alpha_label
+from .alpha_search import EarlyStopping, InPlaceWeights, alpha_grid, alpha_label
 from .evaluate import CachePolicy, EvalSplit, Evaluator, Runtime
 from .metrics import first_best, metrics_section
 from .preflight import Preflight
@@ -229,7 +229,7 @@ def run_merge_evaluation(settings: RunSettings, run_dir: Path | None = None,
         else:
             finetuned = [open_state_dict(p) for p in finetuned_paths]
             tasks = TaskVectors(theta0, finetuned, names=datasets, device=runtime.device)
-            result = merge(method, tasks, progress=progress)
+            result = merge(method.for_benchmark(spec.name, len(datasets)), tasks, progress=progress)
         timing["merge_s"] = time.perf_counter() - tick
 
         extra: dict[str, Any] = {}
@@ -238,7 +238,7 @@ def run_merge_evaluation(settings: RunSettings, run_dir: Path | None = None,
             outcome = _task_specific(settings, method, result, tasks, data, evaluator, weights, ft_acc, tracker,
                                      mask_file, extra)
         else:
-            outcome = _shared_vector(settings, method, result, data, evaluator, weights, ft_acc, tracker)
+            outcome = _shared_vector(settings, method, result, data, evaluator, weights, ft_acc, tracker, extra)
         alpha, alphas, val_sections, val_best, test, choices = outcome
         timing["evaluation_s"] = time.perf_counter() - tick
         timing["total_s"] = time.perf_counter() - started
@@ -285,14 +285,16 @@ def _evaluate_all(evaluator: Evaluator, data: EvalData, datasets: list[str], spl
     return {splits[d].name: evaluator.top1(data.heads[d], splits[d], f"{splits[d].name} {label}") for d in datasets}
 
 
-def _shared_vector(settings, method, result, data, evaluator, weights, ft_acc, tracker):
-    """One τMT for every task: α grid on validation, test at the best α."""
+def _shared_vector(settings, method, result, data, evaluator, weights, ft_acc, tracker, extra):
+    """One τMT for every task: α grid on validation (early stopping when the method declares it), test at the
+    best α."""
     datasets = settings.datasets
     if result is None:  # zeroshot: θ0 itself
         alphas, tau = [float(method.default_alpha)], {}
     else:
         alphas = alpha_grid(method, settings.n_eval_points, settings.specify_lambda)
         tau = {k: v.to(evaluator.runtime.device) for k, v in (result.task_vector or {}).items()}
+    stopping = EarlyStopping(method.alpha_sweep_patience() if len(alphas) > 1 else None)
     val_sections: dict[str, dict[str, float]] = {}
     for step, alpha in enumerate(tqdm(alphas, desc="α sweep (val)", disable=not settings.progress, unit="α")):
         weights.set(tau, alpha)
@@ -302,6 +304,14 @@ def _shared_vector(settings, method, result, data, evaluator, weights, ft_acc, t
         tracker.log({"alpha": alpha, **{f"val/{k}": v for k, v in section.items()}}, step=step)
         log.info("val α=%g: avg top1 %.4f, avg normalized %.4f", alpha, section["avg_top1"],
                  section["avg_normalized_top1"])
+        if stopping.update(section["avg_top1"]):
+            log.info("α sweep stopped after α=%g: %d values without a better validation mean top-1", alpha,
+                     stopping.patience)
+            break
+    if stopping.patience is not None:
+        extra["alpha_early_stopping"] = {"patience": stopping.patience, "stopped_at": alphas[len(val_sections) - 1]
+                                         if len(val_sections) < len(alphas) else None}
+    alphas = alphas[:len(val_sections)]
     best = first_best([s["avg_normalized_top1"] for s in val_sections.values()])
     alpha = alphas[best]
     for split in data.val.values():

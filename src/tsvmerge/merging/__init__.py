@@ -1,6 +1,7 @@
 """Merging math and the streaming engine. Importing this package registers every method."""
 
 from . import methods as _methods  # noqa: F401  (registers the methods)
+from . import methods_beyond as _methods_beyond  # noqa: F401  (registers the methods)
 from .engine import MergeResult, apply_task_vector, flat_task_masks, merge
 from .registry import (
     EntryMerge,

@@ -76,6 +76,16 @@ class MergeMethod:
     #: False for a method that is the pre-trained model itself (zero-shot): no fine-tuned checkpoint is read.
     uses_finetuned: ClassVar[bool] = True
 
+    def alpha_sweep_patience(self) -> int | None:
+        """Early stopping of the validation α sweep: stop after this many consecutive α values whose mean absolute
+        top-1 is not strictly above the best so far (Iso-C / Iso-CTS as published); None sweeps the whole grid."""
+        return None
+
+    def for_benchmark(self, model: str | None, num_tasks: int) -> MergeMethod:
+        """This configuration with the defaults that depend on the model and number of tasks filled in (CART's
+        published λ and rank ratio); ``model`` is None when unknown (a plain checkpoint merge). Default: itself."""
+        return self
+
     def mask_labels(self) -> tuple[Any, ...]:
         """Labels of the mask choices of mask-producing methods (e.g. TALL's λ values); () for others."""
         return ()

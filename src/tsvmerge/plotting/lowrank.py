@@ -10,9 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from .style import figure, save_figure
+from .style import METHOD_LABELS, figure, method_color, save_figure
 
-__all__ = ["plot_energy", "plot_procrustes", "plot_spectra", "plot_truncation", "task_colors"]
+__all__ = ["plot_energy", "plot_merged_spectra", "plot_procrustes", "plot_spectra", "plot_truncation", "task_colors"]
+
+#: Per method, by its position in a figure: line styles and markers that keep coinciding curves apart.
+_LINE_STYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 def _format_plain(value: float, _pos: Any = None) -> str:
@@ -68,6 +72,58 @@ def plot_spectra(spectra: Mapping[str, Any], keys: Sequence[str], path: str | Pa
         fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6))
         fig.suptitle(title or "Singular-value spectra of the task matrices")
     data = {"title": title, "num_tasks": num_tasks, "layers": list(keys),
+            "per_entry": {k: per_entry[k] for k in keys}}
+    return save_figure(fig, path, data, rows)
+
+
+def plot_merged_spectra(spectra: Mapping[str, Any], keys: Sequence[str], path: str | Path, *,
+                        normalize: bool = False, title: str = "") -> Path:
+    """σⱼ of τMT (or σⱼ / σ₁ with ``normalize``) against the component index j, one panel per layer of ``keys``,
+    one line per method (log scale), so that the methods' spectra (flat, truncated, decaying) sit side by side.
+
+    Each panel's y axis spans the singular values above float32 round-off (an entry's ``numerical_rank`` in its
+    summary); the zero singular values of a rank-deficient τMT (TSV-M's beyond T·⌊r/T⌋) drop off its bottom.
+    Line styles and markers differ per method, so that coinciding spectra (Iso-C's and Iso-CTS' flat ones, with
+    ``normalize``) stay visible."""
+    from matplotlib.ticker import MaxNLocator
+
+    per_entry = spectra["per_entry"]
+    methods = list(spectra["methods"])
+    nrows, ncols = _grid(len(keys))
+    rows, legend = [], {}
+    with figure(nrows, ncols, figsize=(4.3 * ncols, 3.5 * nrows + 0.8), squeeze=False,
+                layout="constrained") as (fig, axes):
+        for ax, key in zip(axes.flat, keys, strict=False):
+            entry = per_entry[key]
+            lowest, highest = np.inf, 0.0
+            for index, method in enumerate(methods):
+                if method not in entry["singular_values"]:
+                    continue
+                s = np.asarray(entry["singular_values"][method], dtype=float)
+                y = s / s[0] if normalize and s[0] > 0 else s
+                j = np.arange(1, len(s) + 1)
+                label = METHOD_LABELS.get(method, method)
+                (line,) = ax.plot(j, np.where(y > 0, y, np.nan), color=method_color(method, index), lw=1.6,
+                                  ls=_LINE_STYLES[index % len(_LINE_STYLES)], label=label,
+                                  marker=_MARKERS[index % len(_MARKERS)] if len(s) <= 40 else None, ms=3.5)
+                legend.setdefault(label, line)
+                kept = int(entry.get("summary", {}).get(method, {}).get("numerical_rank", np.count_nonzero(s > 0)))
+                if kept:
+                    lowest, highest = min(lowest, float(y[kept - 1])), max(highest, float(y[0]))
+                rows += [{"layer": key, "method": method, "index": int(i), "sigma": float(v),
+                          "sigma_relative": float(v / s[0]) if s[0] > 0 else 0.0} for i, v in zip(j, s, strict=True)]
+            ax.set_yscale("log")
+            if 0 < lowest < highest:
+                ax.set_ylim(lowest / 1.5, highest * 1.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_title(f"{entry['label']} {tuple(entry['shape'])}", fontsize=11)
+            ax.set_xlabel("component index j")
+            ax.set_ylabel("σⱼ / σ₁" if normalize else "σⱼ")
+        for ax in list(axes.flat)[len(keys):]:
+            ax.set_visible(False)
+        fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=min(len(legend), 6))
+        fig.suptitle(title or "Singular values of the merged task vector")
+    data = {"title": title, "normalize": normalize, "methods": spectra["methods"], "layers": list(keys),
             "per_entry": {k: per_entry[k] for k in keys}}
     return save_figure(fig, path, data, rows)
 
