@@ -72,6 +72,29 @@ def test_set_passes_method_parameters(files):
     assert not torch.allclose(flat(merged), flat(pre))
 
 
+def test_iso_cts_merges_published_layout_checkpoints(files, capsys):
+    from ..merging import reference_beyond as ref_beyond
+
+    tmp, pre, fts, paths = files
+    out = tmp / "iso_cts.pt"
+    assert _run("--method", "iso_cts", "--pretrained", str(tmp / "zeroshot.pt"), "--finetuned", *paths,
+                "--out", str(out), "--alpha", "0.5") == 0
+    merged = torch.load(out, weights_only=True)
+    expected = pre[IN_PROJ].double() + 0.5 * ref_beyond.iso_cts(list(deltas(pre, fts, IN_PROJ)))
+    assert ref.relative_error(merged[IN_PROJ] - pre[IN_PROJ], expected - pre[IN_PROJ].double()) < 1e-4
+    assert "merged 3 tasks with iso_cts" in capsys.readouterr().out
+
+
+def test_cart_needs_its_settings_on_unnamed_checkpoints(files, capsys):
+    tmp, pre, fts, paths = files
+    common = ["--method", "cart", "--pretrained", str(tmp / "zeroshot.pt"), "--finetuned", *paths]
+    assert _run(*common, "--out", str(tmp / "cart.pt")) == 2
+    assert "--set prior=2.0 rank_ratio=0.12" in capsys.readouterr().err
+    assert not (tmp / "cart.pt").exists()
+    assert _run(*common, "--out", str(tmp / "cart.pt"), "--set", "prior=2.0", "rank_ratio=0.5") == 0
+    assert torch.load(tmp / "cart.pt", weights_only=True).keys() == pre.keys()
+
+
 def test_tsvc_writes_one_model_per_task_in_input_order(files, capsys):
     tmp, pre, fts, paths = files
     out = tmp / "tsvc"

@@ -21,9 +21,10 @@ from tsvmerge.merging.sparsify import TALL_LAMBDAS
 from tsvmerge.models.encoder import build_image_encoder
 from tsvmerge.models.heads import load_classification_head
 
-SHARED = ["average", "sum", "ties", "TSVM", "TSVM_2", "TSVM_lowrank_only", "TSVM_interference_only"]
+SHARED = ["average", "sum", "ties", "TSVM", "TSVM_2", "TSVM_lowrank_only", "TSVM_interference_only", "iso_c",
+          "iso_cts", "dc_merge"]
 GRID = {"sum": 1.0, "ties": 1.0, "TSVM": 3.0, "TSVM_2": 3.0, "TSVM_lowrank_only": 3.0,
-        "TSVM_interference_only": 3.0, "consensus": 1.0}
+        "TSVM_interference_only": 3.0, "consensus": 1.0, "iso_c": 3.0, "iso_cts": 3.0, "dc_merge": 3.0}
 KEYS = {"schema", "model", "method", "method_full_name", "method_params", "num_tasks", "datasets", "alpha",
         "alpha_grid", "task_choices", "test", "val", "val_best", "merge_stats", "runtime", "config"}
 
@@ -83,6 +84,33 @@ def test_shared_vector_methods(world: World, method: str, monkeypatch: pytest.Mo
     assert payload["alpha"] == payload["alpha_grid"][scores.index(max(scores))], "first maximum on validation"
     assert payload["val_best"] == payload["val"][alpha_label(payload["alpha"])]
     assert payload["task_choices"] is None
+
+
+def test_iso_sweep_stops_early_by_the_authors_rule(world: World, monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    payload, _ = _run(world, monkeypatch, tmp_path, "method=iso_c", "method.early_stop_patience=1",
+                      "n_eval_points=31")
+    _check_payload(world, payload, "iso_c")
+    absolute = [s["avg_top1"] for s in payload["val"].values()]
+    # Patience 1: the sweep ends at the first α whose mean absolute top-1 is not above every earlier one.
+    ends = next((i for i in range(1, len(absolute)) if absolute[i] <= max(absolute[:i])), None)
+    full_grid = [3.0 * i / 30 for i in range(1, 31)]
+    if ends is None:
+        assert payload["alpha_grid"] == pytest.approx(full_grid)
+    else:
+        assert payload["alpha_grid"] == pytest.approx(full_grid[:ends + 1])
+        assert payload["alpha_early_stopping"] == {"patience": 1, "stopped_at": payload["alpha_grid"][-1]}
+    scores = [s["avg_normalized_top1"] for s in payload["val"].values()]
+    assert payload["alpha"] == payload["alpha_grid"][scores.index(max(scores))]
+
+
+def test_cart_runs_at_alpha_one_with_explicit_settings(world: World, monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    payload, path = _run(world, monkeypatch, tmp_path, "method=cart", "method.prior=2.0", "method.rank_ratio=0.12")
+    _check_payload(world, payload, "cart")
+    assert payload["alpha"] == 1.0 and payload["alpha_grid"] == [1.0]
+    assert payload["method_params"] == {"prior": 2.0, "rank_ratio": 0.12}
+    assert path.name.startswith(f"{MODEL}_3tasks_cart_prior2_rank0.12_")
 
 
 def test_specify_lambda_fixes_alpha(world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -68,3 +68,14 @@ def test_missing_accuracies_and_dataset_are_reported_together(world: World, monk
     err = capsys.readouterr().err
     assert f"single_task/{MODEL}/nonlinear_ft_accuracies.json" in err and "eval_single_task.py" in err
     assert "Dataset MNIST not found" in err and "Dataset DTD not found" in err
+
+
+def test_cart_without_published_settings_for_the_model_names_them(world: World, monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    args = world.main_args("method=cart", f"results_dir={tmp_path}", f"ft_accuracies={world.ft_accuracies}",
+                           run_dir=tmp_path / "run")
+    assert run_main(args, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "prior and rank_ratio must be given" in err and "method.prior=2.0 method.rank_ratio=0.12" in err
+    assert not list(tmp_path.rglob("*.json")), "nothing is written"

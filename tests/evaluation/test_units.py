@@ -284,3 +284,14 @@ def test_evaluator_top1() -> None:
     split = EvalSplit("FakeVal", _Task(7), "memory", batch_size=3)  # type: ignore[arg-type]
     assert evaluator.top1(Head(), split) == 1.0
     assert evaluator.top1(Head(), split) == 1.0 and evaluator.forward_passes == 6
+
+
+def test_early_stopping_counts_alphas_without_a_strictly_better_score():
+    from tsvmerge.evaluation.alpha_search import EarlyStopping
+
+    stopping = EarlyStopping(3)
+    # better, equal (1), worse (2), better (reset), worse (1), worse (2), equal (3): stop
+    decisions = [stopping.update(score) for score in [0.5, 0.5, 0.4, 0.6, 0.1, 0.2, 0.6]]
+    assert decisions == [False, False, False, False, False, False, True]
+    never = EarlyStopping(None)
+    assert not any(never.update(score) for score in [0.5, 0.4, 0.3, 0.2, 0.1])

@@ -36,7 +36,8 @@ __all__ = ["DEFAULT_ANALYSES", "DEFAULT_METHODS", "DemoPlan", "demo_plan", "run_
 log = logging.getLogger(__name__)
 
 #: Every merge method of the table; tall_mask runs before consensus, which reads the masks it saves.
-DEFAULT_METHODS = ("zeroshot", "average", "sum", "ties", "tall_mask", "consensus", "TSVM", "TSVC")
+DEFAULT_METHODS = ("zeroshot", "average", "sum", "ties", "tall_mask", "consensus", "TSVM", "iso_c", "iso_cts",
+                   "dc_merge", "cart", "TSVC")
 
 #: The analyses of docs/analysis.md that the demo runs after the merges (``analyses=True``).
 DEFAULT_ANALYSES = ("sti", "sti_accuracy", "spectra", "procrustes", "truncation", "ablation", "alpha_heatmap",
@@ -50,6 +51,9 @@ class DemoPlan:
     config: ConfigSource | None = None  # the entry points' YAML files (demo.py passes its config/ folder)
     num_tasks: int = 8
     methods: tuple[str, ...] = DEFAULT_METHODS
+    #: ``key=value`` method parameters per method, passed to main.py as ``method.<key>=value``.
+    method_settings: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: {
+        "cart": ("prior=2.0", "rank_ratio=0.12")})
     analyses: tuple[str, ...] = ()
     model: str = "demo"
     data_location: Path = Path("data")
@@ -85,12 +89,17 @@ def demo_plan(cfg: Any, source: ConfigSource) -> DemoPlan:
     methods = tuple(values["methods"] or DEFAULT_METHODS)
     problems.extend(f"unknown method {m!r}; available: {', '.join(available_methods())}" for m in methods
                     if m not in available_methods())
+    settings = {name: tuple(str(a) for a in assignments) for name, assignments in values["method_settings"].items()}
+    problems.extend(f"method_settings: unknown method {m!r}; available: {', '.join(available_methods())}"
+                    for m in settings if m not in available_methods())
+    problems.extend(f"method_settings.{m}: {a!r} is not key=value" for m, items in settings.items() for a in items
+                    if "=" not in a)
     problems.raise_if_any("invalid demo configuration")
     quick = values["quick"]
     steps = values["pretrain_steps"] or (60 if quick else PretrainSettings.steps)
     return DemoPlan(
         config=source, model=values["model"]["name"], num_tasks=values["num_tasks"] or (4 if quick else 8),
-        methods=methods, analyses=tuple(values["analyses"]),
+        methods=methods, method_settings=settings, analyses=tuple(values["analyses"]),
         data_location=Path(values["data_location"]), model_location=Path(values["model_location"]),
         results_dir=Path(values["results_dir"]),
         pretrained=Path(values["pretrained"]) if values["pretrained"] else None,
@@ -191,7 +200,8 @@ def run_demo(plan: DemoPlan) -> dict[str, object]:
     todo = [m for m in plan.methods if m not in fresh]
     tick = time.perf_counter()
     for method in todo:
-        overrides = [*common, f"method={method}", f"n_eval_points={plan.n_eval_points}"]
+        overrides = [*common, f"method={method}", *(f"method.{a}" for a in plan.method_settings.get(method, ())),
+                     f"n_eval_points={plan.n_eval_points}"]
         composed = compose_config(source, "config", overrides)
         run = settings_from_config(composed)
         _step(f"merging and evaluating: {method}", ["python", "main.py", *overrides],

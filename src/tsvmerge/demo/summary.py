@@ -17,7 +17,8 @@ from ..plotting.style import METHOD_LABELS, figure, method_color, save_figure, w
 __all__ = ["SummaryRow", "TABLE_ORDER", "summarize", "summary_markdown", "plot_summary"]
 
 #: Row order of the table: the paper's Table 2 order, fine-tuned last (the upper bound).
-TABLE_ORDER = ("zeroshot", "average", "sum", "ties", "consensus", "tall_mask", "TSVM", "TSVC", "finetuned")
+TABLE_ORDER = ("zeroshot", "average", "sum", "ties", "consensus", "tall_mask", "TSVM", "iso_c", "iso_cts", "dc_merge",
+               "cart", "TSVC", "finetuned")
 _LABELS = {**METHOD_LABELS, "finetuned": "Fine-tuned (one model per task)"}
 
 

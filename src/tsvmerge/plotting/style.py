@@ -61,6 +61,10 @@ METHOD_LABELS: dict[str, str] = {
     "TSVM_interference_only": "TSV-M: interference reduction only",
     "TSVM_2": "TSV-M (whitening)",
     "TSVM": "TSV-M",
+    "iso_c": "Iso-C",
+    "iso_cts": "Iso-CTS",
+    "dc_merge": "DC-Merge",
+    "cart": "CART",
     "mag_masking": "Magnitude masking",
     "tall_mask": "TALL masks",
     "TSVC": "TSV-C",
@@ -71,6 +75,7 @@ _METHOD_COLORS = {
     "zeroshot": "#7f7f7f", "average": "#bcbd22", "sum": "#1f77b4", "ties": "#ff7f0e", "consensus": "#9467bd",
     "tall_mask": "#8c564b", "mag_masking": "#e377c2", "TSVM": "#d62728", "TSVM_2": "#ff9896",
     "TSVC": "#2ca02c", "TSVM_lowrank_only": "#17becf", "TSVM_interference_only": "#aec7e8",
+    "iso_c": "#c49c94", "iso_cts": "#e6550d", "dc_merge": "#393b79", "cart": "#637939",
     "finetuned": "#000000",
 }
 _FALLBACK = plt.get_cmap("tab20").colors
