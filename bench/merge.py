@@ -3,6 +3,7 @@
     python bench/merge.py --model ViT-B-32 --tasks 8 --method TSVM
     python bench/merge.py --model ViT-B-32 --tasks 20 --method TSVM sum ties --svd randomized
     python bench/merge.py --model ViT-S-32 --tasks 4 --method TSVM ties --device cuda:1
+    python bench/merge.py --model ViT-B-32 --tasks 20 --method TSVM iso_c iso_cts dc_merge cart
 
 Checkpoints are built once into a cache folder: the open_clip architecture with random weights and
 the published key layout (an image encoder wrapper with attribute ``model``, text transformer
@@ -84,7 +85,7 @@ def ensure_checkpoints(model: str, tasks: int, cache: Path) -> tuple[Path, list[
     return zeroshot, finetuned
 
 
-def run_one(method: str, zeroshot: Path, finetuned: list[Path], svd: str | None, device: str,
+def run_one(method: str, model: str, zeroshot: Path, finetuned: list[Path], svd: str | None, device: str,
             params: list[str]) -> dict:
     """Merge in this process and report time and memory (the child side of ``main``)."""
     from tsvmerge.checkpoints import open_state_dict
@@ -97,7 +98,8 @@ def run_one(method: str, zeroshot: Path, finetuned: list[Path], svd: str | None,
         values["svd"] = svd
     if method == "consensus":
         values.setdefault("tall_lambda", "0.4")
-    built = build_method(method, values)
+    # Settings published per benchmark (CART's λ and rank ratio for ViT-B-32 × 8/14/20) apply as in main.py.
+    built = build_method(method, values).for_benchmark(model, len(finetuned))
     dev = activate_device(resolve_device(device))  # cuda -> cuda:<i>, the current GPU of this process
     with MemoryMonitor(device=dev) as monitor:
         started = time.perf_counter()
@@ -128,7 +130,7 @@ def main() -> int:
 
     zeroshot, finetuned = ensure_checkpoints(args.model, args.tasks, args.cache)
     if args.child:
-        print(json.dumps(run_one(args.method[0], zeroshot, finetuned, args.svd, args.device, args.params)))
+        print(json.dumps(run_one(args.method[0], args.model, zeroshot, finetuned, args.svd, args.device, args.params)))
         return 0
 
     print(f"{'method':24s} {'svd':>10s} {'tasks':>5s} {'wall s':>8s} {'peak RSS':>10s} {'peak anon':>10s} "

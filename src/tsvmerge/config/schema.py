@@ -221,10 +221,10 @@ class DemoSchema:
     methods: Optional[List[str]] = _key(None, "merge methods of the table, in order (a method reading saved masks "
                                               "after the one saving them); null: every method of the demo's table "
                                               "(tsvmerge.demo.DEFAULT_METHODS)")
-    method_settings: Dict[str, List[str]] = _key(
-        {"cart": ["prior=2.0", "rank_ratio=0.12"]},
-        "method parameters per method, as key=value (main.py's method.<key>=value); CART's authors published no "
-        "settings for the demo model, so it uses their 8-task ViT-B-32 values")
+    method_settings: Optional[Dict[str, List[str]]] = _key(
+        None, "method parameters per method, as key=value (main.py's method.<key>=value); null: "
+              "tsvmerge.demo.DEFAULT_METHOD_SETTINGS (CART's authors published no settings for the demo model, so "
+              "it uses their 8-task ViT-B-32 values)")
     analyses: List[str] = _key([], "analyses run after the merges (docs/analysis.md)")
     quick: bool = _key(False, "reduced run: 4 tasks, short pre-training and fine-tuning")
     pretrain_steps: Optional[int] = _key(None, "contrastive pre-training steps (null: 600; quick: 60)", minimum=1)
