@@ -3,6 +3,7 @@
 
     python analyze.py analysis=sti model=ViT-B-32                    # STI per layer / block, Gram heat-map
     python analyze.py analysis=spectra num_tasks=14
+    python analyze.py analysis=merged_spectra analysis.methods=[TSVM,iso_c]   # spectrum of τMT per method
     python analyze.py analysis=procrustes
     python analyze.py analysis=truncation analysis.fractions=[0.01,0.1,1.0]
     python analyze.py analysis=ablation num_tasks=8

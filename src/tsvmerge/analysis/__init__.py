@@ -1,5 +1,5 @@
-"""The paper's analyses: Singular Task Interference, spectra, Procrustes error, rank truncation, ablation, α heat-map,
-compression, and the results report. Figures are drawn by :mod:`tsvmerge.plotting`; commands in
+"""The paper's analyses: Singular Task Interference, spectra (of the task matrices and of each method's merged τMT),
+Procrustes error, rank truncation, ablation, α heat-map, compression, and the results report. Figures are drawn by :mod:`tsvmerge.plotting`; commands in
 :mod:`tsvmerge.analysis.commands` (``analyze.py``) and :mod:`tsvmerge.analysis.report` (``report.py``).
 
 The names below are imported on first use, so that light submodules (``params``, read by every entry point's
@@ -15,6 +15,7 @@ _EXPORTS = {
     "EvalSession": "common", "Workspace": "common", "open_task_vectors": "common", "tasks_tag": "common",
     "gram_data": "interference", "interference_table": "interference", "sti": "interference",
     "procrustes_table": "procrustes", "layer_spectra": "spectra", "truncation_curves": "truncation",
+    "merged_spectra": "merged_spectra",
 }
 
 __all__ = sorted(_EXPORTS)

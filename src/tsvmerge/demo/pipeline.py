@@ -44,8 +44,8 @@ DEFAULT_METHODS = ("zeroshot", "average", "sum", "ties", "tall_mask", "consensus
 DEFAULT_METHOD_SETTINGS: Mapping[str, tuple[str, ...]] = {"cart": ("prior=2.0", "rank_ratio=0.12")}
 
 #: The analyses of docs/analysis.md that the demo runs after the merges (``analyses=True``).
-DEFAULT_ANALYSES = ("sti", "sti_accuracy", "spectra", "procrustes", "truncation", "ablation", "alpha_heatmap",
-                    "compression")
+DEFAULT_ANALYSES = ("sti", "sti_accuracy", "spectra", "merged_spectra", "procrustes", "truncation", "ablation",
+                    "alpha_heatmap", "compression")
 
 
 @dataclass(frozen=True)
