@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tsvmerge.merging.svd import RANDOMIZED_TOLERANCE, sketch_dtype, truncated_svd
+from tsvmerge.merging.svd import RANDOMIZED_TOLERANCE, linalg_svd, polar_factor, sketch_dtype, truncated_svd
 from tsvmerge.merging.tsv import tsv_merge_matrix
 
 from . import reference as ref
@@ -102,3 +102,33 @@ def test_cuda_path_matches_cpu():
     for svd in ("exact", "full"):
         gpu = tsv_merge_matrix(deltas.cuda(), svd=svd).cpu()
         assert ref.relative_error(gpu, cpu) < 1e-4
+
+
+def test_a_float32_convergence_failure_is_retried_in_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LAPACK's float32 SVD can fail to converge on ill-conditioned inputs (a merge must not die on one entry)."""
+    A = torch.randn(40, 30, generator=torch.Generator().manual_seed(0))
+    real_svd = torch.linalg.svd
+    calls = []
+
+    def failing_in_float32(X, *args, **kwargs):
+        calls.append(X.dtype)
+        if X.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+        return real_svd(X, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "svd", failing_in_float32)
+    U, s, Vh = linalg_svd(A)
+    assert calls == [torch.float32, torch.float64]
+    assert U.dtype == s.dtype == Vh.dtype == torch.float32
+    torch.testing.assert_close(U @ torch.diag(s) @ Vh, A, atol=1e-5, rtol=1e-5)
+    P = polar_factor(A[:30])  # square: the SVD route, through the same fallback
+    torch.testing.assert_close(P.mT @ P, torch.eye(30), atol=1e-5, rtol=0)
+
+
+def test_a_float64_failure_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(X, *args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "svd", failing)
+    with pytest.raises(torch.linalg.LinAlgError):
+        linalg_svd(torch.eye(3, dtype=torch.float64))

@@ -19,6 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..merging import TaskVectors
+from ..merging.svd import linalg_svd
 from ..merging.tsv import uses_svd
 from .common import EvalSession
 
@@ -66,7 +67,7 @@ def factorize_task(tasks: TaskVectors, task: int, *, progress: bool = False) -> 
             continue
         delta = entry.delta(task)
         if uses_svd(entry.key, entry.shape, include_text_projection=True):
-            out.matrices[entry.key] = torch.linalg.svd(delta, full_matrices=False)
+            out.matrices[entry.key] = linalg_svd(delta)
         else:
             out.others[entry.key] = delta
     return out
