@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from tsvmerge.merging.svd import RANDOMIZED_TOLERANCE, linalg_svd, polar_factor, sketch_dtype, truncated_svd
+from tsvmerge.merging.svd import (
+    RANDOMIZED_TOLERANCE,
+    linalg_svd,
+    polar_factor,
+    sketch_dtype,
+    sum_of_truncations,
+    truncated_svd,
+)
 from tsvmerge.merging.tsv import tsv_merge_matrix
 
 from . import reference as ref
@@ -132,3 +139,20 @@ def test_a_float64_failure_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(torch.linalg, "svd", failing)
     with pytest.raises(torch.linalg.LinAlgError):
         linalg_svd(torch.eye(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("shape", [(3, 60, 40), (3, 40, 60), (2, 30, 30)])
+def test_sum_of_truncations_is_the_sum_of_the_rank_k_truncations(shape: tuple[int, int, int]) -> None:
+    """CART's Σi SVD_k(τi − centre), against float64 SVDs, on spectra with a gap at the cut."""
+    g = torch.Generator().manual_seed(1)
+    T, m, n = shape
+    r, k = min(m, n), 7
+    U = torch.linalg.qr(torch.randn(T, m, r, generator=g, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(T, n, r, generator=g, dtype=torch.float64))[0]
+    s = torch.cat([torch.linspace(10, 5, k), torch.linspace(1, 0.01, r - k)]).to(torch.float64)
+    centre = torch.randn(m, n, generator=g, dtype=torch.float64) * 0.01
+    batch = (U * s) @ V.mT + centre
+    expected = ((U[..., :k] * s[:k]) @ V[..., :k].mT).sum(0)
+    got = sum_of_truncations(batch.float(), k, centre=centre.float())
+    assert torch.linalg.norm(got.double() - expected) / torch.linalg.norm(expected) < 1e-5
+    assert torch.count_nonzero(sum_of_truncations(batch.float(), 0)) == 0

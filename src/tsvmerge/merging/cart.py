@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .svd import top_components
+from .svd import sum_of_truncations
 
 
 @dataclass(frozen=True)
@@ -54,13 +54,7 @@ def cart_entry(deltas: Tensor, prior: float, rank_ratio: float, *, low_rank: boo
     if not low_rank or rank_ratio <= 0.0:
         return mean
     rows, cols = deltas.shape[-2:]
-    centred = deltas - mean
     k = kept_components(rows, cols, rank_ratio)
     if k == min(rows, cols):
-        return mean + prior * centred.sum(dim=0)
-    U, s, V = top_components(centred, k)
-    # Σi Ui diag(si) Viᵀ as one product of the concatenated factors.
-    tasks = deltas.shape[0]
-    low_rank_sum = (U * s.unsqueeze(-2)).permute(1, 0, 2).reshape(rows, tasks * k) @ \
-        V.permute(1, 0, 2).reshape(cols, tasks * k).mT
-    return mean + prior * low_rank_sum
+        return mean + prior * (deltas - mean).sum(dim=0)
+    return mean + prior * sum_of_truncations(deltas, k, centre=mean)

@@ -79,11 +79,26 @@ def iso_cts_matrix(deltas: Tensor, common_space_fraction: float = 0.8) -> Tensor
         return iso_c_matrix(deltas)
     U, s, V = thin_svd(total)
     Uc, sc, Vc = U[:, :sizes.common], s[:sizes.common], V[:, :sizes.common]
-    # One-sided projection: τi − Uc Ucᵀ τi.
-    residuals = deltas - Uc @ (Uc.mT @ deltas)
-    Ur, sr, Vr = top_components(residuals, sizes.per_task)
+    Ur, sr, Vr = _residual_top_components(deltas, U, sizes)
     U_hat = torch.cat([Ur.permute(1, 0, 2).reshape(rows, -1), Uc], dim=1)  # [rows, r]
     V_hat = torch.cat([Vr.permute(1, 0, 2).reshape(cols, -1), Vc], dim=1)  # [cols, r]
     mean_singular_value = (sr.sum() + sc.sum()) / sizes.rank
     return (polar_factor(U_hat) @ polar_factor(V_hat).mT) * mean_singular_value
 
+
+
+def _residual_top_components(deltas: Tensor, U: Tensor, sizes: IsoCTSSizes) -> tuple[Tensor, Tensor, Tensor]:
+    """Top ``sizes.per_task`` triplets of every residual Ri = τi − Uc Ucᵀ τi (the one-sided projection, §B3 step 3).
+
+    When U is square (rows = r: square and wide entries), the complement of Uc is spanned by U's remaining r − c
+    columns U⊥, so Ri = U⊥ (U⊥ᵀ τi): the SVD of the small (r − c) × cols matrix U⊥ᵀ τi gives Ri's triplets
+    exactly (left vectors mapped through U⊥), at a fraction of the cost of decomposing Ri. Tall entries (rows > r)
+    have a larger complement, and Ri is formed.
+    """
+    rows = deltas.shape[-2]
+    if rows == sizes.rank:
+        complement = U[:, sizes.common:]  # [rows, r − c]
+        Uy, sr, Vr = top_components(complement.mT @ deltas, sizes.per_task)
+        return complement @ Uy, sr, Vr
+    Uc = U[:, :sizes.common]
+    return top_components(deltas - Uc @ (Uc.mT @ deltas), sizes.per_task)
