@@ -31,9 +31,11 @@ def main(cfg: DictConfig) -> float:
 
 def cli() -> None:
     """Check every job of the command line (keys, values, tasks, method parameters), then run Hydra."""
+    from tsvmerge.utils.allocator import cap_heap_retention
     from tsvmerge.utils.huge_pages import enable_huge_pages
 
     enable_huge_pages()  # before torch's first allocation: merging allocates large CPU tensors per layer
+    cap_heap_retention()  # freed per-task workspaces go back to the system (src/tsvmerge/utils/allocator.py)
     from tsvmerge.config import ConfigSource
     from tsvmerge.config.compose import run_checked_app
     from tsvmerge.evaluation.merge_eval import check_run_config

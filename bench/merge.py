@@ -24,9 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+from tsvmerge.utils.allocator import cap_heap_retention
 from tsvmerge.utils.huge_pages import enable_huge_pages
 
 enable_huge_pages()  # before torch's first allocation (docs: src/tsvmerge/utils/huge_pages.py)
+cap_heap_retention()  # as `tsvmerge merge` and main.py (docs: src/tsvmerge/utils/allocator.py)
 
 # isort: split
 import torch  # noqa: E402

@@ -12,9 +12,11 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .utils.allocator import cap_heap_retention
     from .utils.huge_pages import enable_huge_pages
 
     enable_huge_pages()
+    cap_heap_retention()  # merges free per-task workspaces thousands of times (src/tsvmerge/utils/allocator.py)
     from .cli import main as cli_main
 
     return cli_main(argv)

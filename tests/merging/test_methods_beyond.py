@@ -86,6 +86,7 @@ GOLDEN_CASES = [
     ("iso_c", 8, {}),
     ("iso_cts", 3, {}),
     ("iso_cts", 4, {"common_space_fraction": 0.5}),
+    ("iso_cts", 9, {"common_space_fraction": 0.5}),  # tall entries' residuals formed a few tasks at a time
     ("dc_merge", 3, {}),
     ("dc_merge", 3, {"density": 0.05}),
     ("dc_merge", 2, {"density": 0.3}),

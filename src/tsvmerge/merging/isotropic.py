@@ -15,6 +15,10 @@ from torch import Tensor
 from .svd import polar_factor, thin_svd, top_components
 
 
+#: Tasks whose residuals are formed at once (tall entries): bounds the workspace, not the result.
+_RESIDUAL_CHUNK = 4
+
+
 def iso_c_matrix(deltas: Tensor) -> Tensor:
     """Iso-C: σ̄ · U Vᵀ for the thin SVD U diag(s) Vᵀ of Δ = Σ τi, σ̄ the mean of all r singular values.
 
@@ -101,4 +105,7 @@ def _residual_top_components(deltas: Tensor, U: Tensor, sizes: IsoCTSSizes) -> t
         Uy, sr, Vr = top_components(complement.mT @ deltas, sizes.per_task)
         return complement @ Uy, sr, Vr
     Uc = U[:, :sizes.common]
-    return top_components(deltas - Uc @ (Uc.mT @ deltas), sizes.per_task)
+    # A few tasks at a time: the residuals of every task at once would double the entry's memory.
+    parts = [top_components(chunk - Uc @ (Uc.mT @ chunk), sizes.per_task)
+             for chunk in deltas.split(_RESIDUAL_CHUNK)]
+    return tuple(torch.cat(factors) for factors in zip(*parts))  # type: ignore[return-value]
