@@ -39,7 +39,8 @@ class SingleProcess(Collective):
 
 @dataclass
 class ProcessGroupCollective(Collective):
-    """The default ``torch.distributed`` process group (gloo on CPUs, NCCL on GPUs)."""
+    """The default ``torch.distributed`` process group (gloo on CPUs, NCCL on GPUs); ``device`` is where its
+    collectives run (the rank's GPU for NCCL, the CPU for gloo)."""
 
     device: torch.device
 
