@@ -40,7 +40,8 @@ def llama_shapes(hidden: int, layers: int, vocab: int, intermediate: int, kv_hea
         p = f"model.layers.{i}."
         shapes.update({p + "self_attn.q_proj.weight": (hidden, hidden), p + "self_attn.k_proj.weight": (kv, hidden),
                        p + "self_attn.v_proj.weight": (kv, hidden), p + "self_attn.o_proj.weight": (hidden, hidden),
-                       p + "mlp.gate_proj.weight": (intermediate, hidden), p + "mlp.up_proj.weight": (intermediate, hidden),
+                       p + "mlp.gate_proj.weight": (intermediate, hidden),
+                       p + "mlp.up_proj.weight": (intermediate, hidden),
                        p + "mlp.down_proj.weight": (hidden, intermediate), p + "input_layernorm.weight": (hidden,),
                        p + "post_attention_layernorm.weight": (hidden,)})
     return shapes

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TSV methods: print Singular Task Interference per transformer block, before/after")
     m.add_argument("--sti-out", type=Path, help="with --report-sti: write the per-entry and per-block STI as JSON")
     m.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                   help="dtype of the merged weights (default: θ0's, e.g. bfloat16 stays bfloat16); computed in float32")
+                   help="dtype of the merged weights (default: θ0's: bfloat16 stays bfloat16); computed in float32")
     m.add_argument("--max-shard-size", default=None,
                    help="model-folder output: largest shard file, e.g. 5GB (default, as transformers), 500MB, 2GiB")
     m.add_argument("--svd-keys", default=None, metavar="REGEX",
@@ -212,7 +212,8 @@ def _processes(choice: str) -> Iterator[tuple[torch.device, Collective]]:
         yield activate_device(resolve_device(choice)), SingleProcess()  # cuda:k current: no context on GPU 0
         return
     with process_group(launch, choice) as context:
-        yield context.device, ProcessGroupCollective(context.device if context.backend == "nccl" else torch.device("cpu"))
+        where = context.device if context.backend == "nccl" else torch.device("cpu")  # gloo reduces on the CPU
+        yield context.device, ProcessGroupCollective(where)
 
 
 def _merge(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .registry import EntryMerge, MergeMethod, build_method
-from .task_vectors import TaskEntry, TaskVectors
+from .task_vectors import TaskVectors
 from .tsv import LowRankFactors
 
 

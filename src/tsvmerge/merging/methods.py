@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from ..checkpoints.tall_mask_files import check_mask_file, load_tall_masks
-from .interference import interference_per_block, singular_task_interference
 from .entry_rules import EntryRules
+from .interference import interference_per_block, singular_task_interference
 from .registry import EntryMerge, MaskFiles, MergeMethod, register
 from .sparsify import (
     TALL_LAMBDAS,
