@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import save_state_dict
+from .checkpoints import open_state_dict, save_state_dict
 from .checkpoints.hf_folder import HFModelFolder, is_weight_file, model_files
 from .checkpoints.paths import OutputPathError, atomic_directory, check_output_path, same_file
 from .checkpoints.sharded import parse_size
-from .checkpoints.sources import open_source, resolve_source
+from .checkpoints.sources import resolve_source
 from .checkpoints.tall_mask_files import save_tall_masks
 from .evaluation.results import write_json
 from .merge_folder import plan_for, tied_entries, write_merged_folders
@@ -216,6 +216,11 @@ def _processes(choice: str) -> Iterator[tuple[torch.device, Collective]]:
         yield context.device, ProcessGroupCollective(where)
 
 
+def _open(path: Path):
+    """A lazy state dict over a model folder or a state-dict file."""
+    return HFModelFolder(path) if path.is_dir() else open_state_dict(path)
+
+
 def _merge(args: argparse.Namespace) -> int:
     method = _build_method(args)
     _check_options(args, method)
@@ -230,8 +235,8 @@ def _merge(args: argparse.Namespace) -> int:
         if collective.world_size > 1 and not folder_base:
             raise ValueError("a merge split over several processes writes a model folder: give θ0 as a model "
                              "folder or hub id (or run a single process)")
-        pretrained = open_source(inputs[0])
-        finetuned = [open_source(path) for path in inputs[1:]]
+        pretrained = _open(inputs[0])
+        finetuned = [_open(path) for path in inputs[1:]]
         config = pretrained.config if isinstance(pretrained, HFModelFolder) else None
         rules = rules_for(pretrained, config, svd_keys=args.svd_keys, average_keys=args.average_keys)
         if folder_base:

@@ -11,11 +11,10 @@ import os
 import re
 from pathlib import Path
 
-from tsvmerge.checkpoints.hf_folder import HFModelFolder, is_model_folder
-from tsvmerge.checkpoints.paths import CheckpointNotFoundError
-from tsvmerge.checkpoints.state_dict import LazyStateDict, open_state_dict
+from tsvmerge.checkpoints.hf_folder import is_model_folder
+from tsvmerge.checkpoints.paths import CheckpointNotFoundError, require_file
 
-__all__ = ["HubModelError", "open_source", "parse_hub_id", "resolve_source"]
+__all__ = ["HubModelError", "parse_hub_id", "resolve_source"]
 
 _HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?")
 _FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -66,8 +65,7 @@ def resolve_source(argument: str | Path) -> Path:
         return path
     hub = parse_hub_id(str(argument))
     if hub is None:
-        raise CheckpointNotFoundError(f"checkpoint {str(argument)!r} does not exist (nor is it a hub id "
-                                      "org/name[@revision])")
+        return require_file(path)  # raises CheckpointNotFoundError, saying how to obtain checkpoints
     repo_id, revision = hub
     folder = _download(repo_id, revision, [*_SAFETENSORS, *_MODEL_FILES])
     if not is_model_folder(folder):  # an older repository with PyTorch .bin weights only
@@ -77,7 +75,3 @@ def resolve_source(argument: str | Path) -> Path:
                             "writes (model*.safetensors or pytorch_model*.bin)")
     return folder
 
-
-def open_source(path: Path) -> LazyStateDict:
-    """A lazy state dict over a file (:func:`open_state_dict`) or a model folder (:class:`HFModelFolder`)."""
-    return HFModelFolder(path) if path.is_dir() else open_state_dict(path)
