@@ -1,24 +1,34 @@
 """``tsvmerge`` console entry point: merge checkpoint files without any dataset.
 
     tsvmerge merge --method TSVM --pretrained zs.pt --finetuned a.pt b.pt --out merged.pt
+    tsvmerge merge --method TSVM --pretrained meta-llama/Llama-3.2-1B --finetuned org/ft-a ./ft-b --out merged/
+    torchrun --nproc_per_node=4 -m tsvmerge merge ...
     tsvmerge methods
 
-Works on any model's state dicts (nothing here assumes CLIP key names): LLM users point it at
-their own ``.pt`` / ``.safetensors`` files.
+Inputs are state-dict files, Hugging Face model folders or hub ids; a model-folder base gives a model folder out,
+written shard by shard (see docs/hf_models.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import torch
+
 from .checkpoints import open_state_dict, save_state_dict
+from .checkpoints.hf_folder import HFModelFolder, is_weight_file, model_files
 from .checkpoints.paths import OutputPathError, atomic_directory, check_output_path, same_file
+from .checkpoints.sharded import parse_size
+from .checkpoints.sources import resolve_source
 from .checkpoints.tall_mask_files import save_tall_masks
 from .evaluation.results import write_json
+from .merge_folder import plan_for, tied_entries, write_merged_folders
 from .merging import (
     MergeMethod,
     TaskVectors,
@@ -29,6 +39,8 @@ from .merging import (
     merge,
     method_parameters,
 )
+from .merging.collective import Collective, ProcessGroupCollective, SingleProcess
+from .merging.entry_rules import rules_for
 from .merging.svd import SVD_MODES
 from .utils.device import activate_device, resolve_device
 from .utils.entry_point import checkpoint_errors, run_main
@@ -37,6 +49,8 @@ from .utils.memory import MemoryMonitor
 PROG = "tsvmerge"
 STATE_DICT_SUFFIXES = {".pt", ".safetensors", ".pth", ".bin"}
 _TASK_FILE = re.compile(r"task\d+\.pt")
+_TASK_FOLDER = re.compile(r"task\d+")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _parse_assignments(items: Sequence[str]) -> dict[str, str]:
@@ -55,10 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("merge", help="merge fine-tuned checkpoints into one model (or per-task models)")
     m.add_argument("--method", required=True, help=f"one of: {', '.join(available_methods())}")
-    m.add_argument("--pretrained", required=True, type=Path, help="pre-trained state dict θ0 (.pt or .safetensors)")
-    m.add_argument("--finetuned", required=True, nargs="+", type=Path, help="fine-tuned state dicts θ1..θT")
+    m.add_argument("--pretrained", required=True,
+                   help="pre-trained model θ0: a state dict (.pt, .bin, .safetensors), a Hugging Face model folder "
+                        "or a hub id org/name[@revision]")
+    m.add_argument("--finetuned", required=True, nargs="+", help="fine-tuned models θ1..θT (same kinds)")
     m.add_argument("--out", required=True, type=Path,
-                   help="output state dict (.pt or .safetensors); a folder of task<i>.pt for task-specific methods")
+                   help="output state dict (.pt or .safetensors), or a model folder when θ0 is one; for "
+                        "task-specific methods a folder of task<i>.pt (task<i>/ model folders)")
     m.add_argument("--alpha", type=float, default=1.0, help="scaling coefficient α of θ0 + α·τMT (default 1.0)")
     m.add_argument("--device", default="auto", help="auto | cpu | cuda[:i] (default auto)")
     m.add_argument("--svd", choices=SVD_MODES, default=None,
@@ -72,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--report-sti", action="store_true",
                    help="TSV methods: print Singular Task Interference per transformer block, before/after")
     m.add_argument("--sti-out", type=Path, help="with --report-sti: write the per-entry and per-block STI as JSON")
+    m.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="dtype of the merged weights (default: θ0's: bfloat16 stays bfloat16); computed in float32")
+    m.add_argument("--max-shard-size", default=None,
+                   help="model-folder output: largest shard file, e.g. 5GB (default, as transformers), 500MB, 2GiB")
+    m.add_argument("--svd-keys", default=None, metavar="REGEX",
+                   help="SVD-based methods: exactly the matrices whose name matches go through the SVD "
+                        "(default: per model family, see docs/hf_models.md)")
+    m.add_argument("--average-keys", default=None, metavar="REGEX",
+                   help="SVD-based methods: entries whose name matches are averaged (wins over --svd-keys)")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub.add_parser("methods", help="list merge methods and their parameters")
@@ -131,21 +157,34 @@ def _check_options(args: argparse.Namespace, method: MergeMethod) -> None:
             raise ValueError(f"--names: {', '.join(repeated)} given more than once; each task needs its own name")
 
 
-def _check_inputs(args: argparse.Namespace) -> list[Path]:
-    """Each input file once: a checkpoint given twice (or as θ0 and a θi) would silently weigh double."""
-    for i, path in enumerate(args.finetuned):
-        if same_file(path, args.pretrained):
+def _check_inputs(pretrained: Path, finetuned: list[Path]) -> list[Path]:
+    """Each input once: a checkpoint given twice (or as θ0 and a θi) would silently weigh double."""
+    for i, path in enumerate(finetuned):
+        if same_file(path, pretrained):
             raise ValueError(f"fine-tuned checkpoint {str(path)!r} is the pre-trained checkpoint "
-                             f"{str(args.pretrained)!r}; its task vector would be zero. Give each task's own file.")
-        for earlier in args.finetuned[:i]:
+                             f"{str(pretrained)!r}; its task vector would be zero. Give each task's own file.")
+        for earlier in finetuned[:i]:
             if same_file(path, earlier):
                 raise ValueError(f"fine-tuned checkpoint {str(path)!r} is given twice (also as {str(earlier)!r}); "
                                  "give each task's checkpoint once")
-    return [args.pretrained, *args.finetuned]
+    return [pretrained, *finetuned]
 
 
-def _check_outputs(args: argparse.Namespace, method: MergeMethod, inputs: list[Path]) -> None:
+def _check_outputs(args: argparse.Namespace, method: MergeMethod, inputs: list[Path], folder_base: bool) -> None:
     """Every output path is writable, harms no input and no other output; done before the merge starts."""
+    if folder_base:
+        if args.out.suffix in STATE_DICT_SUFFIXES:
+            raise OutputPathError(f"θ0 is a model folder, so the merged model is one too: --out must be a folder, "
+                                  f"not {args.out}")
+        if args.save_masks is not None or args.sti_out is not None or args.report_sti:
+            raise ValueError("--save-masks / --report-sti apply to state-dict files, not model-folder merges")
+        base_files = {path.name for path in model_files(inputs[0])}
+        replaceable = ((lambda name: _TASK_FOLDER.fullmatch(name) is not None) if method.task_specific
+                       else (lambda name: is_weight_file(name) or name in base_files))
+        check_output_path(args.out, label="--out", inputs=inputs, folder=True, replaceable=replaceable)
+        return
+    if args.max_shard_size is not None:
+        raise ValueError("--max-shard-size applies to model-folder outputs (θ0 given as a model folder or hub id)")
     if method.task_specific and args.out.suffix in STATE_DICT_SUFFIXES:
         raise OutputPathError(f"{method.name} gives one model per task: --out must be a folder, not {args.out}")
     check_output_path(args.out, label="--out", inputs=inputs, folder=method.task_specific,
@@ -163,32 +202,72 @@ def _check_outputs(args: argparse.Namespace, method: MergeMethod, inputs: list[P
 
 # ------------------------------------------------------------------------------------------------- the merge
 
+@contextlib.contextmanager
+def _processes(choice: str) -> Iterator[tuple[torch.device, Collective]]:
+    """This process's device and the collective of the merge: one process, or the torchrun-launched group."""
+    from .training.distributed import detect_launch, process_group
+
+    launch = detect_launch()
+    if launch is None or launch.world_size == 1:
+        yield activate_device(resolve_device(choice)), SingleProcess()  # cuda:k current: no context on GPU 0
+        return
+    with process_group(launch, choice) as context:
+        where = context.device if context.backend == "nccl" else torch.device("cpu")  # gloo reduces on the CPU
+        yield context.device, ProcessGroupCollective(where)
+
+
+def _open(path: Path):
+    """A lazy state dict over a model folder or a state-dict file."""
+    return HFModelFolder(path) if path.is_dir() else open_state_dict(path)
+
+
 def _merge(args: argparse.Namespace) -> int:
     method = _build_method(args)
     _check_options(args, method)
-    inputs = _check_inputs(args)
-    _check_outputs(args, method, inputs)
-    device = activate_device(resolve_device(args.device))  # cuda:k current: no context opened on GPU 0
+    dtype = DTYPES[args.dtype] if args.dtype else None
+    max_shard_bytes = parse_size(args.max_shard_size or "5GB")
+    pretrained_path = resolve_source(args.pretrained)
+    inputs = _check_inputs(pretrained_path, [resolve_source(arg) for arg in args.finetuned])
+    folder_base = pretrained_path.is_dir()
+    _check_outputs(args, method, inputs, folder_base)
 
-    with MemoryMonitor(device=device) as monitor:
-        pretrained = open_state_dict(args.pretrained)
-        finetuned = [open_state_dict(path) for path in args.finetuned]
-        tasks = TaskVectors(pretrained, finetuned, names=args.names, device=device)
-        result = merge(method, tasks, progress=not args.quiet)
-        written = _write_outputs(args, result, pretrained, tasks)
-
-    print(f"merged {tasks.num_tasks} tasks with {method.name} on {device} in {result.stats['seconds']:.1f} s; "
+    with _processes(args.device) as (device, collective), MemoryMonitor(device=device) as monitor:
+        if collective.world_size > 1 and not folder_base:
+            raise ValueError("a merge split over several processes writes a model folder: give θ0 as a model "
+                             "folder or hub id (or run a single process)")
+        pretrained = _open(inputs[0])
+        finetuned = [_open(path) for path in inputs[1:]]
+        config = pretrained.config if isinstance(pretrained, HFModelFolder) else None
+        rules = rules_for(pretrained, config, svd_keys=args.svd_keys, average_keys=args.average_keys)
+        if folder_base:
+            assert isinstance(pretrained, HFModelFolder)
+            tasks = _folder_tasks(pretrained, finetuned, args, device, rules, collective)
+            started = time.perf_counter()
+            written = write_merged_folders(
+                method, tasks, pretrained, args.out, alpha=args.alpha, dtype=dtype, max_shard_bytes=max_shard_bytes,
+                choice=_mask_choice(method.mask_labels(), args.tall_lambda, method.name),
+                progress=not args.quiet and collective.rank == 0)
+            stats = {"seconds": time.perf_counter() - started, **method.finalize(tasks)}
+        else:
+            tasks = TaskVectors(pretrained, finetuned, names=args.names, device=device, rules=rules)
+            result = merge(method, tasks, progress=not args.quiet)
+            written = _write_outputs(args, result, pretrained, tasks, dtype)
+            stats = result.stats
+    if collective.rank != 0:
+        return 0
+    where = f"{collective.world_size} processes" if collective.world_size > 1 else str(device)
+    print(f"merged {tasks.num_tasks} tasks with {method.name} on {where} in {stats['seconds']:.1f} s; "
           f"{monitor.report.summary()}")
     for path in written:
         print(f"  wrote {path}")
-    if "storage" in result.stats:
-        storage = result.stats["storage"]
+    if "storage" in stats:
+        storage = stats["storage"]
         print(f"  storage: {storage['numbers_per_task']:,} numbers per task, {storage['numbers_total']:,} in total "
               f"({storage['compression_ratio']:.1f}x smaller than a full task vector each)")
-    if "sti" in result.stats:
-        _print_interference(result.stats)
+    if "sti" in stats:
+        _print_interference(stats)
         if args.sti_out:
-            write_json(args.sti_out, {"per_entry": result.stats["sti"], "per_block": result.stats["sti_per_block"]})
+            write_json(args.sti_out, {"per_entry": stats["sti"], "per_block": stats["sti_per_block"]})
             print(f"  wrote {args.sti_out}")
     return 0
 
@@ -208,11 +287,31 @@ def _print_interference(stats: dict) -> None:
     print(f"  {'all matrices':48s} {before:12.4g} {after:12.4g}")
 
 
-def _write_outputs(args: argparse.Namespace, result, pretrained, tasks: TaskVectors) -> list[Path]:
+def _folder_tasks(pretrained: HFModelFolder, finetuned: list, args: argparse.Namespace, device: torch.device,
+                  rules, collective: Collective) -> TaskVectors:
+    """The task vectors of a model-folder merge; each process streams only the entries of its own shards."""
+    tasks = TaskVectors(pretrained, finetuned, names=args.names, device=device, rules=rules, collective=collective)
+    if collective.world_size == 1:
+        return tasks
+    dtype = DTYPES[args.dtype] if args.dtype else None
+    plan = plan_for(tasks, parse_size(args.max_shard_size or "5GB"), dtype, tied_entries(tasks))
+    own = [key for index in plan.owned_by(collective.rank) for key in plan.shards[index]]
+    return TaskVectors(pretrained, finetuned, names=args.names, device=device, rules=rules, own_keys=own,
+                       collective=collective)
+
+
+def _cast(state: dict, dtype: torch.dtype | None) -> dict:
+    if dtype is None:
+        return state
+    return {key: value.to(dtype) if value.is_floating_point() else value for key, value in state.items()}
+
+
+def _write_outputs(args: argparse.Namespace, result, pretrained, tasks: TaskVectors,
+                   dtype: torch.dtype | None = None) -> list[Path]:
     """The merged model, or the folder of per-task models (complete or absent, never half-written)."""
     if not result.method.task_specific:
         merged = apply_task_vector(pretrained, result.task_vector, args.alpha, inplace=True)
-        save_state_dict(merged, args.out)
+        save_state_dict(_cast(merged, dtype), args.out)
         return [args.out]
     choice = _mask_choice(result.mask_labels, args.tall_lambda, result.method.name)
     written = []
@@ -220,7 +319,7 @@ def _write_outputs(args: argparse.Namespace, result, pretrained, tasks: TaskVect
         for task in range(tasks.num_tasks):
             merged = apply_task_vector(pretrained, result.task_specific_vector(task, choice), args.alpha,
                                        inplace=True)
-            save_state_dict(merged, folder / f"task{task}.pt")
+            save_state_dict(_cast(merged, dtype), folder / f"task{task}.pt")
             written.append(args.out / f"task{task}.pt")
             del merged
         if args.save_masks:

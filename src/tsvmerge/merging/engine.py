@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .registry import EntryMerge, MergeMethod, build_method
-from .task_vectors import TaskEntry, TaskVectors
+from .task_vectors import TaskVectors
 from .tsv import LowRankFactors
 
 
@@ -127,9 +128,9 @@ def merge(method: MergeMethod | str, tasks: TaskVectors, params: Mapping[str, An
     return result
 
 
-def _map_in_order(fn: Callable[[TaskEntry], EntryMerge], entries: Iterable[TaskEntry],
-                  workers: int) -> Iterator[tuple[str, EntryMerge]]:
-    """``(entry.key, fn(entry))`` in input order, computed by ``workers`` threads.
+def _map_in_order(fn: Callable[[Any], Any], entries: Iterable[Any], workers: int,
+                  label: Callable[[Any], str] = lambda entry: entry.key) -> Iterator[tuple[str, Any]]:
+    """``(label(entry), fn(entry))`` in input order, computed by ``workers`` threads.
 
     A few more entries than workers are queued so that a large layer waiting to be yielded does not
     idle the other workers; queued entries hold no tensors until a worker starts them, so at most
@@ -137,7 +138,7 @@ def _map_in_order(fn: Callable[[TaskEntry], EntryMerge], entries: Iterable[TaskE
     """
     if workers <= 1:
         for entry in entries:
-            yield entry.key, fn(entry)
+            yield label(entry), fn(entry)
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -145,7 +146,7 @@ def _map_in_order(fn: Callable[[TaskEntry], EntryMerge], entries: Iterable[TaskE
         with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
             in_flight: deque[tuple[str, Future[EntryMerge]]] = deque()
             for entry in entries:
-                in_flight.append((entry.key, pool.submit(fn, entry)))
+                in_flight.append((label(entry), pool.submit(fn, entry)))
                 if len(in_flight) >= 4 * workers:
                     key, future = in_flight.popleft()
                     yield key, future.result()
@@ -174,13 +175,62 @@ def apply_task_vector(pretrained: Mapping[str, Tensor],
     items = task_vector.items() if isinstance(task_vector, Mapping) else task_vector
     merged: dict[str, Tensor] = {key: pretrained[key] for key in sorted(pretrained.keys())}
     for key, tau in items:
-        base = pretrained[key]
-        if tau.shape != base.shape:
-            raise ValueError(f"task vector entry {key!r} has shape {tuple(tau.shape)}, θ0 has {tuple(base.shape)}")
-        out = tau if inplace and tau.dtype == torch.float32 else tau.to(torch.float32, copy=True)
-        out.mul_(alpha).add_(base.to(torch.float32))
-        merged[key] = _finite(out.to(base.dtype), key, alpha)
+        merged[key] = apply_entry(pretrained[key], tau, alpha, key, inplace=inplace)
     return merged
+
+
+def apply_entry(base: Tensor, tau: Tensor | None, alpha: float, key: str, *, dtype: torch.dtype | None = None,
+                inplace: bool = False) -> Tensor:
+    """One entry of θ0 + α·τ, computed in float32 and stored in ``dtype`` (default θ0's; integer entries keep
+    theirs). ``tau`` None is a zero task vector (θ0's own tensor, cast). Raises NonFiniteResultError on NaN / ±inf.
+    """
+    dtype = dtype if dtype is not None and base.is_floating_point() else base.dtype
+    if tau is None:
+        return base.to(dtype)
+    if tau.shape != base.shape:
+        raise ValueError(f"task vector entry {key!r} has shape {tuple(tau.shape)}, θ0 has {tuple(base.shape)}")
+    out = tau if inplace and tau.dtype == torch.float32 else tau.to(torch.float32, copy=True)
+    out.mul_(alpha).add_(base.to(out.device, torch.float32))
+    return _finite(out.to("cpu", dtype), key, alpha)
+
+
+def entry_task_vectors(out: EntryMerge | None, num_outputs: int, choice: int = 0) -> list[Tensor | None]:
+    """The task vector of each output model from one entry's merge: τMT for a shared model (one output), each
+    task's own (TSV-C's compression, or τMT ⊙ the task's mask at mask choice ``choice``) for task-specific ones.
+    None: the output keeps θ0's entry."""
+    if out is None:
+        return [None] * num_outputs
+    if out.per_task is not None:
+        return [value.materialize() if isinstance(value, LowRankFactors) else value for value in out.per_task]
+    if out.masks is not None and num_outputs > 1:
+        assert out.task_vector is not None
+        return [out.task_vector * (out.masks[task] > choice) for task in range(num_outputs)]
+    return [out.task_vector] * num_outputs
+
+
+def stream_merged_entries(method: MergeMethod, tasks: TaskVectors, keys: Sequence[str], *, alpha: float,
+                          dtype: torch.dtype | None = None, choice: int = 0, workers: int | None = None,
+                          progress: bool = False) -> Iterator[tuple[str, list[Tensor]]]:
+    """``(key, [merged tensor per output model])`` for each of ``keys`` in order, on the CPU, ready to write.
+
+    ``method.prepare`` must have run. One output for a shared model, one per task for task-specific methods. Each
+    entry is read, merged and combined with θ0 by a worker, so at most ``workers`` entries' task stacks (plus the
+    outputs waiting to be written in order) are in memory: never a whole model.
+    """
+    num_outputs = tasks.num_tasks if method.task_specific else 1
+    workers = default_workers(tasks.device) if workers is None else workers
+
+    def merged(key: str) -> list[Tensor]:
+        if not tasks.is_mergeable(key):
+            base = tasks.pretrained[key]
+            return [base] * num_outputs
+        entry = tasks.entry(key)
+        out = method.merge_entry(entry) if entry.changed else None
+        return [apply_entry(entry.pretrained, tau, alpha, key, dtype=dtype)
+                for tau in entry_task_vectors(out, num_outputs, choice)]
+
+    keys = tqdm(keys, desc=f"merge ({method.name})", disable=not progress, unit="entry", leave=False)
+    yield from _map_in_order(merged, keys, workers, label=lambda key: key)
 
 
 def _finite(value: Tensor, key: str, alpha: float) -> Tensor:

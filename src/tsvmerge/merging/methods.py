@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..checkpoints.tall_mask_files import check_mask_file, load_tall_masks
+from .entry_rules import EntryRules
 from .interference import interference_per_block, singular_task_interference
 from .registry import EntryMerge, MaskFiles, MergeMethod, register
 from .sparsify import (
@@ -26,10 +27,10 @@ from .sparsify import (
     tall_mask,
     tall_mask_levels,
     ties_merge,
-    topk_threshold,
 )
 from .svd import SVDMode
 from .task_vectors import TaskEntry, TaskVectors
+from .thresholds import task_thresholds
 from .tsv import (
     Orthogonalization,
     components_per_task,
@@ -37,15 +38,7 @@ from .tsv import (
     orthogonalize,
     task_singular_vectors,
     tsv_compress_matrix,
-    uses_svd,
 )
-
-
-def _task_thresholds(tasks: TaskVectors, k_percent: float) -> list[float | None]:
-    """Each task's top-k% magnitude threshold over its whole flat vector (one task in memory)."""
-    if k_percent == 100:
-        return [None] * tasks.num_tasks
-    return [topk_threshold(tasks.flat_magnitudes(t), k_percent) for t in range(tasks.num_tasks)]
 
 
 def _trimmed(entry: TaskEntry, thresholds: list[float | None]) -> Tensor:
@@ -80,7 +73,7 @@ class _TopKSum(MergeMethod):
         return f"{self.name}_k{self.k:g}"
 
     def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
-        self._thresholds = _task_thresholds(tasks, self.k)
+        self._thresholds = task_thresholds(tasks, self.k, progress=progress)
 
     def _sum(self, entry: TaskEntry) -> Tensor:
         return _trimmed(entry, self._thresholds).sum(dim=0)
@@ -128,13 +121,15 @@ class Ties(MergeMethod):
         return f"{self.name}_k{self.k:g}_{self.agg}"
 
     def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
-        self._thresholds = _task_thresholds(tasks, self.k)
+        self._thresholds = task_thresholds(tasks, self.k, progress=progress)
         # Elected signs of exactly 0 take the sign of the sum of all elected signs (published rule):
         # a whole-model statistic, hence this extra pass.
         total = 0.0
         for entry in tasks.entries("TIES signs", progress=progress):
             if entry.changed:
                 total += float(elect_sign(_trimmed(entry, self._thresholds)).sum())
+        # Sums of ±1 and 0: integer-valued, so the sum over processes is exact (and the same as in one process).
+        total = float(tasks.reduce_sum(torch.tensor(total, dtype=torch.float64)))
         self._majority_sign = float(np.sign(total))
 
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
@@ -164,7 +159,7 @@ class MagnitudeMasking(MergeMethod):
         return f"{self.name}_k{self.k:g}"
 
     def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
-        self._thresholds = _task_thresholds(tasks, self.k)
+        self._thresholds = task_thresholds(tasks, self.k, progress=progress)
 
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
         deltas = entry.deltas()
@@ -317,7 +312,7 @@ class _FlatTaskMasks:
 
     def __init__(self, masks: dict[str, np.ndarray], tasks: TaskVectors) -> None:
         self._offsets = tasks.flat_offsets()
-        self._shapes = {key: tasks.pretrained[key].shape for key in tasks.keys}
+        self._shapes = {key: tasks.shape(key) for key in tasks.keys}
         self._masks = masks
 
     def entry(self, key: str) -> Tensor:
@@ -356,7 +351,7 @@ class _TaskSingularVectorsMerge(MergeMethod):
         self._sti: dict[str, dict[str, float]] = {}
 
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
-        if not uses_svd(entry.key, entry.shape):
+        if not entry.uses_svd():
             return EntryMerge(task_vector=mean_of_tasks(entry.deltas()))
         rows, cols = entry.shape
         k = min(rows, cols) if self.full_rank else components_per_task(rows, cols, entry.num_tasks)
@@ -420,7 +415,7 @@ class TSVC(MergeMethod):
     svd: SVDMode = "exact"
 
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
-        if not uses_svd(entry.key, entry.shape, include_text_projection=True):
+        if not entry.uses_svd(compression=True):
             deltas = entry.deltas()
             # clones, so the output keeps each task's own row and not the whole stack alive
             return EntryMerge(per_task=[deltas[t].clone() if t in entry.changed else None
@@ -434,18 +429,19 @@ class TSVC(MergeMethod):
         return EntryMerge(per_task=per_task)
 
     def finalize(self, tasks: TaskVectors) -> dict[str, Any]:
-        shapes = {key: tasks.pretrained[key].shape for key in tasks.keys if tasks.pretrained[key].is_floating_point()}
-        per_task = tsvc_storage(shapes, tasks.num_tasks)
+        shapes = {key: tasks.shape(key) for key in tasks.keys if tasks.is_mergeable(key)}
+        per_task = tsvc_storage(shapes, tasks.num_tasks, tasks.rules)
         full = sum(int(np.prod(shape)) for shape in shapes.values())
         return {"storage": {"numbers_per_task": per_task, "numbers_total": per_task * tasks.num_tasks,
                             "full_task_vector_numbers": full, "compression_ratio": full / per_task if per_task else 0}}
 
 
-def tsvc_storage(shapes: dict[str, tuple[int, ...]], num_tasks: int) -> int:
+def tsvc_storage(shapes: dict[str, tuple[int, ...]], num_tasks: int, rules: EntryRules | None = None) -> int:
     """Numbers stored per task by TSV-C: k(rows + cols + 1) per matrix, every other entry whole."""
+    rules = rules or EntryRules()
     total = 0
     for key, shape in shapes.items():
-        if uses_svd(key, shape, include_text_projection=True):
+        if rules.uses_svd(key, shape, compression=True):
             rows, cols = shape
             total += components_per_task(rows, cols, num_tasks) * (rows + cols + 1)
         else:

@@ -17,7 +17,7 @@ from .dc_merge import DEFAULT_DENSITY, dc_merge_matrix
 from .isotropic import iso_c_matrix, iso_cts_matrix, iso_cts_sizes
 from .registry import EntryMerge, MergeMethod, register
 from .task_vectors import TaskEntry, TaskVectors
-from .tsv import mean_of_tasks, uses_svd
+from .tsv import mean_of_tasks
 
 #: Model whose CART settings the authors published (their configs are all ViT-B-32).
 CART_PUBLISHED_MODEL = "ViT-B-32"
@@ -55,7 +55,7 @@ class IsoC(_IsotropicMerge):
         return f"{self.name}{self._patience_suffix()}"
 
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
-        if not uses_svd(entry.key, entry.shape):
+        if not entry.uses_svd():
             return EntryMerge(task_vector=mean_of_tasks(entry.deltas()))
         return EntryMerge(task_vector=iso_c_matrix(entry.deltas(entry.changed)))
 
@@ -80,15 +80,15 @@ class IsoCTS(_IsotropicMerge):
     def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
         # The size rule can give a negative common subspace for small fractions: refuse before any work.
         for key in tasks.keys:
-            shape = tasks.pretrained[key].shape
-            if tasks.pretrained[key].is_floating_point() and uses_svd(key, shape):
+            shape = tasks.shape(key)
+            if tasks.is_mergeable(key) and tasks.rules.uses_svd(key, shape):
                 try:
                     iso_cts_sizes(shape[0], shape[1], tasks.num_tasks, self.common_space_fraction)
                 except ValueError as exc:
                     raise ValueError(f"{exc} (entry {key!r})") from None
 
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
-        if not uses_svd(entry.key, entry.shape):
+        if not entry.uses_svd():
             return EntryMerge(task_vector=mean_of_tasks(entry.deltas()))
         return EntryMerge(task_vector=iso_cts_matrix(entry.deltas(), self.common_space_fraction))
 
@@ -111,7 +111,7 @@ class DCMerge(MergeMethod):
         return f"{self.name}_density{self.density:g}"
 
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
-        if not uses_svd(entry.key, entry.shape):
+        if not entry.uses_svd():
             return EntryMerge(task_vector=mean_of_tasks(entry.deltas()))
         merged = dc_merge_matrix(entry.deltas(entry.changed), self.density, num_tasks=entry.num_tasks)
         return EntryMerge(task_vector=merged)
@@ -161,7 +161,8 @@ class Cart(MergeMethod):
 
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
         assert self.prior is not None and self.rank_ratio is not None  # checked by prepare
-        low_rank = is_low_rank_key(entry.key, entry.shape)
+        # The published name rule (attention and MLP matrices), among the entries the rule set treats as matrices.
+        low_rank = is_low_rank_key(entry.key, entry.shape) and entry.uses_svd()
         return EntryMerge(task_vector=cart_entry(entry.deltas(), self.prior, self.rank_ratio, low_rank=low_rank))
 
 

@@ -14,7 +14,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..checkpoints.state_dict import check_compatible, check_finite, source_name
+from ..checkpoints.state_dict import LazyStateDict, check_compatible, check_finite, source_name
+from .collective import Collective, SingleProcess
+from .entry_rules import EntryRules, rules_for
 
 
 def is_mergeable(tensor: Tensor) -> bool:
@@ -25,11 +27,17 @@ def is_mergeable(tensor: Tensor) -> bool:
 class TaskEntry:
     """The pre-trained tensor of one entry, its T fine-tuned versions and, on demand, their deltas."""
 
-    def __init__(self, key: str, pretrained: Tensor, finetuned: Sequence[Tensor], device: torch.device) -> None:
+    def __init__(self, key: str, pretrained: Tensor, finetuned: Sequence[Tensor], device: torch.device,
+                 rules: EntryRules | None = None) -> None:
         self.key = key
         self.pretrained = pretrained
         self.finetuned = list(finetuned)
         self.device = device
+        self.rules = rules or EntryRules()
+
+    def uses_svd(self, *, compression: bool = False) -> bool:
+        """Whether the SVD-based methods treat this entry as a matrix (see :mod:`.entry_rules`)."""
+        return self.rules.uses_svd(self.key, self.shape, compression=compression)
 
     @property
     def num_tasks(self) -> int:
@@ -65,10 +73,16 @@ class TaskVectors:
     Every floating-point tensor is checked for NaN / ±inf the first time its entry is read (one cheap reduction,
     as the entries stream), so a diverged checkpoint is reported, naming its file and key, before anything is
     written.
+
+    ``rules`` tells the SVD-based methods which entries are matrices (default: detected from the key names).
+    In a merge split over several processes, ``own_keys`` are this process's entries (what :meth:`entries`
+    streams) and ``collective`` sums the whole-model statistics over the processes.
     """
 
     def __init__(self, pretrained: Mapping[str, Tensor], finetuned: Sequence[Mapping[str, Tensor]],
-                 names: Sequence[str] | None = None, device: torch.device | str = "cpu") -> None:
+                 names: Sequence[str] | None = None, device: torch.device | str = "cpu", *,
+                 rules: EntryRules | None = None, own_keys: Sequence[str] | None = None,
+                 collective: Collective | None = None) -> None:
         if not finetuned:
             raise ValueError("at least one fine-tuned checkpoint is needed to merge")
         self.names = list(names) if names is not None else [f"task{i}" for i in range(len(finetuned))]
@@ -81,14 +95,38 @@ class TaskVectors:
         self.finetuned = list(finetuned)
         self.device = torch.device(device)
         self.keys = sorted(pretrained.keys())
+        self.rules = rules if rules is not None else rules_for(self.keys)
+        self.collective = collective or SingleProcess()
+        if own_keys is not None:
+            unknown = sorted(set(own_keys) - set(self.keys))
+            if unknown:
+                raise ValueError(f"own_keys names entries θ0 does not have: {unknown[:5]}")
+            own = set(own_keys)
+        self.own_keys = self.keys if own_keys is None else [k for k in self.keys if k in own]
         self._checked: set[str] = set()
+
+    def shape(self, key: str) -> torch.Size:
+        """θ0's shape of ``key``, without reading the tensor from a lazily opened file."""
+        return self.pretrained.shape(key) if isinstance(self.pretrained, LazyStateDict) else self.pretrained[key].shape
+
+    def dtype(self, key: str) -> torch.dtype:
+        """θ0's dtype of ``key``, without reading the tensor from a lazily opened file."""
+        return self.pretrained.dtype(key) if isinstance(self.pretrained, LazyStateDict) else self.pretrained[key].dtype
+
+    def is_mergeable(self, key: str) -> bool:
+        """Only floating-point entries have task vectors; integer buffers are copied from θ0."""
+        return self.dtype(key).is_floating_point
+
+    def reduce_sum(self, tensor: Tensor) -> Tensor:
+        """``tensor`` summed over the processes of the merge (itself in a single process)."""
+        return self.collective.all_reduce_sum(tensor)
 
     @property
     def num_tasks(self) -> int:
         return len(self.finetuned)
 
     def entry(self, key: str) -> TaskEntry:
-        entry = TaskEntry(key, self.pretrained[key], [ft[key] for ft in self.finetuned], self.device)
+        entry = TaskEntry(key, self.pretrained[key], [ft[key] for ft in self.finetuned], self.device, self.rules)
         if key not in self._checked:
             self._check_finite(entry)
             self._checked.add(key)
@@ -101,27 +139,16 @@ class TaskVectors:
 
     def entries(self, description: str | None = None, *, progress: bool = False,
                 only_mergeable: bool = True) -> Iterator[TaskEntry]:
-        """Entries in sorted key order (the published flat order), with an optional tqdm bar."""
-        keys = [k for k in self.keys if not only_mergeable or is_mergeable(self.pretrained[k])]
+        """This process's entries in sorted key order (the published flat order), with an optional tqdm bar."""
+        keys = [k for k in self.own_keys if not only_mergeable or self.is_mergeable(k)]
         for key in tqdm(keys, desc=description, disable=not progress, unit="entry", leave=False):
             yield self.entry(key)
-
-    def flat_magnitudes(self, task: int) -> Tensor:
-        """|τ_task| flattened over every entry in sorted key order (one task in memory).
-
-        Integer entries have no task vector and count as zeros, as in the published flattening of
-        the whole state dict, so top-k% thresholds match it on any checkpoint.
-        """
-        parts = [self.entry(key).delta(task).abs().flatten().cpu() if is_mergeable(self.pretrained[key])
-                 else torch.zeros(self.pretrained[key].numel())
-                 for key in self.keys]
-        return torch.cat(parts)
 
     def flat_offsets(self) -> dict[str, tuple[int, int]]:
         """Start and end of each entry (all entries, sorted keys) in the published flat mask order."""
         offsets, start = {}, 0
         for key in self.keys:
-            end = start + self.pretrained[key].numel()
+            end = start + self.shape(key).numel()
             offsets[key] = (start, end)
             start = end
         return offsets

@@ -1,0 +1,77 @@
+"""What a ``--pretrained`` / ``--finetuned`` argument names: a state-dict file, a model folder, or a hub model.
+
+A hub id ``org/name[@revision]`` is fetched with ``huggingface_hub.snapshot_download`` (weights, config and
+tokenizer files only; safetensors when the repository has them) into the usual Hugging Face cache, so that
+``HF_HUB_OFFLINE=1`` runs from that cache without any network access.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from tsvmerge.checkpoints.hf_folder import is_model_folder
+from tsvmerge.checkpoints.paths import CheckpointNotFoundError, require_file
+
+__all__ = ["HubModelError", "parse_hub_id", "resolve_source"]
+
+_HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?")
+_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+_MODEL_FILES = ["config.json", "generation_config.json", "*.model", "tokenizer*", "special_tokens_map.json",
+                "vocab*", "merges.txt", "added_tokens.json", "preprocessor_config.json", "chat_template*"]
+_SAFETENSORS = ["*.safetensors", "model.safetensors.index.json"]
+_BIN = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+
+
+class HubModelError(CheckpointNotFoundError):
+    """A hub model could not be fetched (offline and not cached, unknown repository or revision, no network)."""
+
+
+def parse_hub_id(argument: str) -> tuple[str, str | None] | None:
+    """``(repo_id, revision)`` when ``argument`` reads as a hub id rather than a file name, else None."""
+    match = _HUB_ID.fullmatch(argument)
+    if match is None or argument.endswith(_FILE_SUFFIXES):
+        return None
+    return match["repo"], match["revision"]
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _download(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
+    from huggingface_hub import snapshot_download
+
+    offline = _offline()
+    try:
+        folder = snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=offline,
+                                   cache_dir=os.environ.get("HF_HUB_CACHE") or None)
+    except Exception as exc:  # huggingface_hub's errors: not cached, unknown repository, network failure...
+        shown = repo_id + (f"@{revision}" if revision else "")
+        if offline:
+            reason = (f"HF_HUB_OFFLINE is set and {shown} is not in the local Hugging Face cache; download it once "
+                      f"with network access (huggingface-cli download {repo_id}) or give a local folder")
+        else:
+            reason = f"it could not be downloaded ({type(exc).__name__}: {exc})"
+        raise HubModelError(f"model {shown!r} is not a local file or folder, and {reason}") from exc
+    return Path(folder)
+
+
+def resolve_source(argument: str | Path) -> Path:
+    """The local file or model folder ``argument`` names, downloading a hub model into the cache if needed."""
+    path = Path(argument)
+    if path.exists():
+        return path
+    hub = parse_hub_id(str(argument))
+    if hub is None:
+        return require_file(path)  # raises CheckpointNotFoundError, saying how to obtain checkpoints
+    repo_id, revision = hub
+    folder = _download(repo_id, revision, [*_SAFETENSORS, *_MODEL_FILES])
+    if not is_model_folder(folder):  # an older repository with PyTorch .bin weights only
+        folder = _download(repo_id, revision, [*_BIN, *_MODEL_FILES])
+    if not is_model_folder(folder):
+        raise HubModelError(f"hub model {str(argument)!r} ({folder}) has no weights in a layout save_pretrained "
+                            "writes (model*.safetensors or pytorch_model*.bin)")
+    return folder
+
