@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -45,6 +46,9 @@ from .merging.svd import SVD_MODES
 from .utils.device import activate_device, resolve_device
 from .utils.entry_point import checkpoint_errors, run_main
 from .utils.memory import MemoryMonitor
+
+if TYPE_CHECKING:
+    from .config.settings import MethodChoice
 
 PROG = "tsvmerge"
 STATE_DICT_SUFFIXES = {".pt", ".safetensors", ".pth", ".bin"}
@@ -120,6 +124,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _build_method(args: argparse.Namespace) -> MergeMethod:
     """The method configured the way every entry point configures one: the ``--set`` assignments (plus ``--svd`` /
     ``--report-sti``) checked against the method's schema, then by the method itself."""
+    choice = _method_choice(args)
+    # The checkpoints' model is unknown here: settings published per model (CART's) must be given explicitly.
+    return build_method(choice.name, choice.params).for_benchmark(None, len(args.finetuned))
+
+
+def _entry_rule_overrides(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """``--svd-keys`` / ``--average-keys``, or the same given as method settings (``--set svd_keys=...``)."""
+    choice = _method_choice(args)
+    overrides = []
+    for flag, given, configured in (("--svd-keys", args.svd_keys, choice.svd_keys),
+                                    ("--average-keys", args.average_keys, choice.average_keys)):
+        if given is not None and configured is not None:
+            raise ValueError(f"{flag} and --set {flag[2:].replace('-', '_')}=... both given; give one")
+        overrides.append(given if given is not None else configured)
+    return overrides[0], overrides[1]
+
+
+def _method_choice(args: argparse.Namespace) -> MethodChoice:
     from .config.settings import method_choice
 
     params = _parse_assignments(args.params)
@@ -132,9 +154,7 @@ def _build_method(args: argparse.Namespace) -> MergeMethod:
         if "report_sti" not in available:
             raise ValueError(f"--report-sti applies to the TSV-M methods, not {args.method!r}")
         params["report_sti"] = "true"
-    choice = method_choice(args.method, [f"{key}={value}" for key, value in params.items()])
-    # The checkpoints' model is unknown here: settings published per model (CART's) must be given explicitly.
-    return build_method(choice.name, choice.params).for_benchmark(None, len(args.finetuned))
+    return method_choice(args.method, [f"{key}={value}" for key, value in params.items()])
 
 
 def _check_options(args: argparse.Namespace, method: MergeMethod) -> None:
@@ -238,7 +258,8 @@ def _merge(args: argparse.Namespace) -> int:
         pretrained = _open(inputs[0])
         finetuned = [_open(path) for path in inputs[1:]]
         config = pretrained.config if isinstance(pretrained, HFModelFolder) else None
-        rules = rules_for(pretrained, config, svd_keys=args.svd_keys, average_keys=args.average_keys)
+        svd_keys, average_keys = _entry_rule_overrides(args)
+        rules = rules_for(pretrained, config, svd_keys=svd_keys, average_keys=average_keys)
         if folder_base:
             assert isinstance(pretrained, HFModelFolder)
             tasks = _folder_tasks(pretrained, finetuned, args, device, rules, collective)

@@ -129,7 +129,7 @@ def test_tall_mask_outputs_and_published_mask_file(files):
     (["--method", "sum", "--svd", "exact"], "does not use an SVD"),
     (["--method", "TSVC"], "must be a folder"),
     (["--method", "ties", "--set", "bogus=1"],
-     "unknown method ties key bogus; valid method ties keys: name, full_name"),
+     "unknown method ties key bogus; valid method ties keys: name, full_name, svd_keys, average_keys"),
 ])
 def test_errors_are_clear(files, capsys, argv, message):
     tmp, _, _, paths = files

@@ -77,6 +77,12 @@ def test_every_method_composes_with_its_parameters(name: str) -> None:
     (["model=ViT-L-14", "wandb.mode=offline"], lambda s: s.model.name == "ViT-L-14" and s.wandb.mode == "offline"),
     (["specify_lambda=null"], lambda s: s.specify_lambda is None),
     (["precision=fp16", "eval_cache=disk"], lambda s: s.precision == "fp16" and s.eval_cache == "disk"),
+    # Entry-rule overrides are not method parameters, and runs with other rules get their own result file.
+    (["method=TSVM", r"method.average_keys='mlp\.c_proj'"], lambda s: s.average_keys == r"mlp\.c_proj"
+     and s.svd_keys is None and "average_keys" not in s.method_params
+     and s.method_full_name.startswith("TSVM_keys") and s.method_full_name != "TSVM"),
+    (["method=TSVM", "method.svd_keys=attn", "method.full_name=mine"], lambda s: s.svd_keys == "attn"
+     and s.method_full_name == "mine"),
 ])
 def test_accepted(overrides: list[str], check) -> None:
     assert check(_settings(*overrides))
@@ -84,6 +90,7 @@ def test_accepted(overrides: list[str], check) -> None:
 
 @pytest.mark.parametrize("overrides,expected", [
     (["num_tasks=0"], "num_tasks must be an integer in 1..20"),
+    (["method=TSVM", "method.svd_keys='('"], "method TSVM: --svd-keys '(' is not a valid regular expression"),
     (["num_tasks=21"], "num_tasks must be an integer in 1..20"),
     (["num_tasks=abc"], "num_tasks: Value 'abc' of type 'str' could not be converted to Integer"),
     (["DATASETS=[MNIST,Foo]"], "unknown dataset Foo; valid dataset names: Cars, DTD"),
@@ -92,9 +99,10 @@ def test_accepted(overrides: list[str], check) -> None:
     (["+foo=1"], "unknown top-level config key foo; valid top-level config keys: model, method, num_tasks"),
     (["foo=1"], "unknown config key 'foo'; valid keys: model, method, num_tasks"),
     (["wandb.x=1"], "unknown config key 'wandb.x'; valid wandb keys: mode, project, entity, group"),
-    (["method=TSVM", "+method.k=3"], "unknown method TSVM key k; valid method TSVM keys: name, full_name, svd"),
+    (["method=TSVM", "+method.k=3"], "unknown method TSVM key k; valid method TSVM keys: name, full_name, svd_keys, "
+                                     "average_keys, svd"),
     (["method=TSVM", "method.k=3"], "unknown key 'method.k' for method=TSVM; valid method keys: "
-                                    "name, full_name, svd, report_sti"),
+                                    "name, full_name, svd_keys, average_keys, svd, report_sti"),
     (["method=ties", "method.agg=median"], "agg='median' is not one of mean, sum, max"),
     (["method=ties", "method.k=abc"], "method.k: Value 'abc' of type 'str' could not be converted to Float"),
     (["method=TSVM", "method.svd=magic"], "svd='magic' is not one of exact, full, randomized"),
@@ -122,7 +130,7 @@ def test_rejected(overrides: list[str], expected: str) -> None:
 
 @pytest.mark.parametrize("argv,expected", [
     (["method=TSVM", "method.k=5"], "unknown key 'method.k' for method=TSVM; valid method keys: name, "
-                                    "full_name, svd"),
+                                    "full_name, svd_keys, average_keys, svd"),
     (["method=foo"], "unknown method 'foo'; available: average, cart, consensus"),
     (["-m", "method=sum,foo"], "unknown method 'foo'"),
     (["--multirun", "num_tasks=8,99"], "num_tasks must be an integer in 1..20"),
@@ -168,7 +176,8 @@ def test_method_choice_without_yaml() -> None:
     """``tsvmerge merge --set k=30``: the method's schema composed by Hydra, checked like a method file."""
     choice = method_choice("ties", ["k=30"])
     assert choice.params == {"k": 30.0, "agg": "mean"} and choice.full_name == "ties_k30_mean"
-    with pytest.raises(ConfigError, match="unknown method ties key foo; valid method ties keys: name, full_name, k"):
+    with pytest.raises(ConfigError, match="unknown method ties key foo; valid method ties keys: name, full_name, "
+                                          "svd_keys, average_keys, k"):
         method_choice("ties", ["foo=1"])
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
         method_choice("nope")

@@ -92,5 +92,5 @@ def test_unknown_parameter_of_a_new_method(world: World, conf: Path, tmp_path: P
     args = world.main_args("method=test_own_vector", "method.scale=2", run_dir=tmp_path / "run")
     args[args.index("--config-dir") + 1] = str(conf)
     assert run_main(args, monkeypatch) == 2
-    assert "unknown key 'method.scale' for method=test_own_vector; valid method keys: name, full_name, shrink" \
-        in capsys.readouterr().err
+    assert ("unknown key 'method.scale' for method=test_own_vector; valid method keys: name, full_name, svd_keys, "
+            "average_keys, shrink") in capsys.readouterr().err

@@ -179,5 +179,12 @@ def test_svd_and_average_key_overrides(folders, tmp_path):
     key = "model.layers.1.self_attn.q_proj.weight"
     mean = torch.stack([t[key] - theta0[key] for t in thetas]).mean(0)
     torch.testing.assert_close(_state(out)[key], theta0[key] + mean, atol=1e-6, rtol=0)
+    # The same override as a method setting gives the same model.
+    same = tmp_path / "same"
+    assert _run("--method", "TSVM", "--pretrained", str(pre), "--finetuned", *map(str, fts), "--out", str(same),
+                "--set", r"average_keys=self_attn\.q_proj") == 0
+    assert all(torch.equal(_state(out)[k], v) for k, v in _state(same).items())
     assert _run("--method", "TSVM", "--pretrained", str(pre), "--finetuned", *map(str, fts), "--out",
                 str(tmp_path / "bad"), "--svd-keys", "(") == 2
+    assert _run("--method", "TSVM", "--pretrained", str(pre), "--finetuned", *map(str, fts), "--out",
+                str(tmp_path / "both"), "--svd-keys", "q_proj", "--set", "svd_keys=k_proj") == 2

@@ -24,6 +24,7 @@ from ..checkpoints.state_dict import open_state_dict
 from ..config import ConfigError, ConfigSource, RunSettings, compose_config, settings_from_config
 from ..data import benchmark_tasks, is_benchmark_prefix
 from ..merging import TaskVectors
+from ..merging.entry_rules import EntryRules, rules_for
 from ..merging.interference import transformer_block
 from ..merging.task_vectors import TaskEntry
 from ..merging.tsv import uses_svd
@@ -93,8 +94,14 @@ def open_task_vectors(settings: RunSettings, datasets: Sequence[str] | None = No
     zeroshot = check.zeroshot(settings.model_location, settings.model.name, datasets)
     finetuned = check.finetuned(settings.model_location, settings.model.name, datasets)
     check.raise_if_missing()
-    return TaskVectors(open_state_dict(zeroshot), [open_state_dict(p) for p in finetuned], names=datasets,
-                       device=resolve_device(settings.device))
+    pretrained = open_state_dict(zeroshot)
+    return TaskVectors(pretrained, [open_state_dict(p) for p in finetuned], names=datasets,
+                       device=resolve_device(settings.device), rules=run_entry_rules(settings, pretrained))
+
+
+def run_entry_rules(settings: RunSettings, pretrained: Mapping[str, Any]) -> EntryRules:
+    """The entry rules of the run: the checkpoints' family with ``method.svd_keys`` / ``method.average_keys``."""
+    return rules_for(pretrained, svd_keys=settings.svd_keys, average_keys=settings.average_keys)
 
 
 class Workspace:
@@ -230,7 +237,7 @@ class EvalSession:
         tasks = None
         if finetuned:
             tasks = TaskVectors(theta0, [open_state_dict(p) for p in finetuned_paths], names=datasets,
-                                device=runtime.device)
+                                device=runtime.device, rules=run_entry_rules(settings, theta0))
         return cls(settings, datasets, split, evaluator, weights, data, accuracies, tasks)
 
     def _split(self, dataset: str) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,8 @@ class MethodChoice:
     name: str
     full_name: str
     params: dict[str, Any]
+    svd_keys: str | None = None  # entry-rule overrides (regular expressions), not method parameters
+    average_keys: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class RunSettings:
     method_full_name: str
     method_params: dict[str, Any]
     datasets: list[str]
+    svd_keys: str | None = None  # method.svd_keys / method.average_keys: entry-rule overrides
+    average_keys: str | None = None
     specify_lambda: float | None = None
     n_eval_points: int = 31
     device: str = "auto"
@@ -131,6 +136,7 @@ def method_from_section(section: Any, problems: Problems) -> MethodChoice | None
     """The method config (``config/method/<name>.yaml`` plus overrides), checked against the method's schema and
     by the method itself (allowed values, ranges)."""
     from ..merging import available_methods, build_method
+    from ..merging.entry_rules import EntryRules
     from ..merging.registry import method_class
     from .store import method_schema
 
@@ -153,17 +159,30 @@ def method_from_section(section: Any, problems: Problems) -> MethodChoice | None
         problems.append(f"unknown method {name} key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
                         f"valid method {name} keys: {valid}")
         return None
-    params = {k: v for k, v in values.items() if k not in ("name", "full_name")}
+    params = {k: v for k, v in values.items() if k not in _NOT_PARAMETERS}
     try:
         method = build_method(name, params)
+        EntryRules(svd_keys=values.get("svd_keys"), average_keys=values.get("average_keys"))
     except ValueError as exc:
         problems.append(f"method {name}: {exc}")
         return None
-    full_name = values.get("full_name") or method.run_name()
+    full_name = values.get("full_name") or method.run_name() + _rules_suffix(values)
     if not isinstance(full_name, str) or "/" in full_name or full_name in {".", ".."}:
         problems.append(f"method.full_name must be a file-name part, got {full_name!r}")
         return None
-    return MethodChoice(name, full_name, params)
+    return MethodChoice(name, full_name, params, values.get("svd_keys"), values.get("average_keys"))
+
+
+#: Keys of every method config that are not parameters of the method.
+_NOT_PARAMETERS = ("name", "full_name", "svd_keys", "average_keys")
+
+
+def _rules_suffix(values: Mapping[str, Any]) -> str:
+    """Run-name suffix of entry-rule overrides, so that runs with other rules never share a result file."""
+    rules = [values.get("svd_keys"), values.get("average_keys")]
+    if rules == [None, None]:
+        return ""
+    return f"_keys{zlib.crc32(repr(rules).encode()):08x}"
 
 
 def _check_benchmark_defaults(method: MethodChoice, model: str, num_tasks: int, problems: Problems) -> None:
@@ -278,7 +297,7 @@ def settings_from_config(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
     path = lambda key: Path(str(values[key])).expanduser()  # noqa: E731
     return RunSettings(
         model=model, method=method.name, method_full_name=method.full_name, method_params=method.params,
-        datasets=datasets, specify_lambda=specify_lambda, n_eval_points=values["n_eval_points"],
+        svd_keys=method.svd_keys, average_keys=method.average_keys, datasets=datasets, specify_lambda=specify_lambda, n_eval_points=values["n_eval_points"],
         device=str(values["device"]), precision=values["precision"], channels_last=values["channels_last"],
         batch_size=values["batch_size"], num_workers=values["num_workers"],
         data_location=path("data_location"), model_location=path("model_location"),

@@ -67,9 +67,12 @@ def _schema_of(cls: type, leading: list[tuple[str, Any, Any]]) -> type:
 
 
 def method_schema(cls: type) -> type:
-    """The structured config of a merge method: ``name``, ``full_name`` and the method's own parameters."""
+    """The structured config of a merge method: ``name``, ``full_name``, the entry-rule overrides ``svd_keys`` /
+    ``average_keys`` (regular expressions, :mod:`tsvmerge.merging.entry_rules`) and the method's own parameters."""
     return _schema_of(cls, [("name", str, dataclasses.field(default=cls.name)),
-                            ("full_name", Optional[str], dataclasses.field(default=None))])  # noqa: UP007
+                            ("full_name", Optional[str], dataclasses.field(default=None)),  # noqa: UP007
+                            ("svd_keys", Optional[str], dataclasses.field(default=None)),  # noqa: UP007
+                            ("average_keys", Optional[str], dataclasses.field(default=None))])  # noqa: UP007
 
 
 def analysis_schema(name: str, params: type) -> type:

@@ -34,6 +34,7 @@ from ..data import class_synonyms, get_dataset, templates
 from ..data.registry import default_num_workers
 from ..data.task_dataset import TaskDataset
 from ..merging import MaskFiles, MergeMethod, TaskVectors, build_method, flat_task_masks, merge
+from ..merging.entry_rules import rules_for
 from ..models.encoder import build_image_encoder
 from ..models.factory import ModelSpec
 from ..models.preprocess import split_preprocess
@@ -228,7 +229,9 @@ def run_merge_evaluation(settings: RunSettings, run_dir: Path | None = None,
             result = None
         else:
             finetuned = [open_state_dict(p) for p in finetuned_paths]
-            tasks = TaskVectors(theta0, finetuned, names=datasets, device=runtime.device)
+            tasks = TaskVectors(theta0, finetuned, names=datasets, device=runtime.device,
+                                rules=rules_for(theta0, svd_keys=settings.svd_keys,
+                                                average_keys=settings.average_keys))
             result = merge(method.for_benchmark(spec.name, len(datasets)), tasks, progress=progress)
         timing["merge_s"] = time.perf_counter() - tick
 
@@ -249,6 +252,7 @@ def run_merge_evaluation(settings: RunSettings, run_dir: Path | None = None,
             "method": settings.method,
             "method_full_name": settings.method_full_name,
             "method_params": params,
+            "entry_rules": {"svd_keys": settings.svd_keys, "average_keys": settings.average_keys},
             "num_tasks": len(datasets),
             "datasets": datasets,
             "alpha": alpha,
