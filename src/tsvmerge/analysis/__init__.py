@@ -1,6 +1,7 @@
 """The paper's analyses: Singular Task Interference, spectra (of the task matrices and of each method's merged τMT),
-Procrustes error, rank truncation, ablation, α heat-map, compression, and the results report. Figures are drawn by :mod:`tsvmerge.plotting`; commands in
-:mod:`tsvmerge.analysis.commands` (``analyze.py``) and :mod:`tsvmerge.analysis.report` (``report.py``).
+Procrustes error, rank truncation, ablation, α heat-map, compression, and the results report. Figures are drawn by
+:mod:`tsvmerge.plotting`; commands in :mod:`tsvmerge.analysis.commands` (``analyze.py``) and
+:mod:`tsvmerge.analysis.report` (``report.py``).
 
 The names below are imported on first use, so that light submodules (``params``, read by every entry point's
 configuration) do not pull in the plotting and evaluation stack.

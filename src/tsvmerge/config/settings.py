@@ -297,7 +297,8 @@ def settings_from_config(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
     path = lambda key: Path(str(values[key])).expanduser()  # noqa: E731
     return RunSettings(
         model=model, method=method.name, method_full_name=method.full_name, method_params=method.params,
-        svd_keys=method.svd_keys, average_keys=method.average_keys, datasets=datasets, specify_lambda=specify_lambda, n_eval_points=values["n_eval_points"],
+        svd_keys=method.svd_keys, average_keys=method.average_keys, datasets=datasets,
+        specify_lambda=specify_lambda, n_eval_points=values["n_eval_points"],
         device=str(values["device"]), precision=values["precision"], channels_last=values["channels_last"],
         batch_size=values["batch_size"], num_workers=values["num_workers"],
         data_location=path("data_location"), model_location=path("model_location"),

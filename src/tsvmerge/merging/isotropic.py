@@ -14,7 +14,6 @@ from torch import Tensor
 
 from .svd import polar_factor, thin_svd, top_components
 
-
 #: Tasks whose residuals are formed at once (tall entries): bounds the workspace, not the result.
 _RESIDUAL_CHUNK = 4
 
