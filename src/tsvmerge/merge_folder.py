@@ -1,7 +1,8 @@
 """Merge into Hugging Face model folders, shard by shard, in one process or split over several (``torchrun``).
 
-The merged model is never whole in memory: entries stream from the inputs through the method into a shard buffer
-that is written as soon as its last entry is merged. Each process merges and writes its own contiguous run of
+The merged model is never whole in memory: entries stream from the inputs through the method and each merged
+tensor is appended to its shard file at once (the shard's safetensors header is written first, from the plan), so
+memory holds the entries being merged, not a shard. Each process merges and writes its own contiguous run of
 shards (planned from the entries' sizes, identically on every process); the first process then writes the index
 and the base model's config and tokenizer files, and moves the folder into place. The output is complete or
 absent, and its tensors do not depend on the number of processes.
@@ -9,6 +10,7 @@ absent, and its tensors do not depend on the number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +19,8 @@ import torch
 
 from .checkpoints.hf_folder import HFModelFolder
 from .checkpoints.paths import atomic_directory
-from .checkpoints.sharded import ShardPlan, copy_model_files, plan_shards, write_index, write_shard
+from .checkpoints.safetensors_stream import SafetensorsStreamWriter
+from .checkpoints.sharded import ShardPlan, copy_model_files, plan_shards, write_index
 from .merging.engine import stream_merged_entries
 from .merging.registry import MergeMethod
 from .merging.task_vectors import TaskVectors
@@ -57,8 +60,7 @@ def plan_for(tasks: TaskVectors, max_shard_bytes: int, dtype: torch.dtype | None
     """The shard layout of the merged model: entries in key order, written in ``dtype`` (default each entry's)."""
     sizes = {}
     for key in tasks.keys:
-        entry_dtype = dtype if dtype is not None and tasks.is_mergeable(key) else tasks.dtype(key)
-        sizes[key] = tasks.shape(key).numel() * entry_dtype.itemsize
+        sizes[key] = tasks.shape(key).numel() * _output_dtype(tasks, key, dtype).itemsize
     # A tied head goes right after its embedding, in the same shard.
     groups = [[embedding, head] for head, embedding in tied.items()]
     return plan_shards(sizes, max_shard_bytes, tasks.collective.world_size, groups)
@@ -102,20 +104,30 @@ def _write_own_shards(method: MergeMethod, tasks: TaskVectors, plan: ShardPlan, 
     keys = [key for index in own for key in plan.shards[index] if key not in tied]
     stream = stream_merged_entries(method, tasks, keys, alpha=alpha, dtype=dtype, choice=choice, workers=workers,
                                    progress=progress)
+    embeddings = set(tied.values())
     for index in own:
         shard_keys = plan.shards[index]
-        buffers: list[dict[str, torch.Tensor]] = [{} for _ in subfolders]
-        for _ in range(sum(key not in tied for key in shard_keys)):
-            key, values = next(stream)
-            for buffer, value in zip(buffers, values, strict=True):
-                buffer[key] = value
-        for head, embedding in tied.items():
-            if head in shard_keys:
-                for buffer in buffers:
-                    buffer[head] = buffer[embedding]
-        for sub, buffer in zip(subfolders, buffers, strict=True):
-            write_shard(folder / sub / plan.names[index], {key: buffer[key] for key in shard_keys})
-        del buffers
+        layout = [(key, tuple(tasks.shape(key)), _output_dtype(tasks, key, dtype)) for key in shard_keys]
+        with contextlib.ExitStack() as files:
+            writers = [files.enter_context(SafetensorsStreamWriter(folder / sub / plan.names[index], layout,
+                                                                   {"format": "pt"})) for sub in subfolders]
+            kept: dict[str, list[torch.Tensor]] = {}  # merged embeddings whose tied head comes next
+            for key in shard_keys:
+                if key in tied:
+                    values = kept.pop(tied[key])
+                else:
+                    streamed, values = next(stream)
+                    assert streamed == key, (streamed, key)
+                    if key in embeddings:
+                        kept[key] = values
+                for writer, value in zip(writers, values, strict=True):
+                    writer.write(key, value)
+                del values
+
+
+def _output_dtype(tasks: TaskVectors, key: str, dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype an entry is written in: ``dtype`` for merged (floating) entries when given, else θ0's."""
+    return dtype if dtype is not None and tasks.is_mergeable(key) else tasks.dtype(key)
 
 
 def _dtype_name(dtype: torch.dtype | None) -> str | None:

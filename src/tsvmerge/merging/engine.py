@@ -110,7 +110,8 @@ def merge(method: MergeMethod | str, tasks: TaskVectors, params: Mapping[str, An
     method.prepare(tasks, progress=progress)
     result = MergeResult(method=method, keys=list(tasks.keys), num_tasks=tasks.num_tasks)
     changed = (entry for entry in tasks.entries(f"merge ({method.name})", progress=progress) if entry.changed)
-    for key, out in _map_in_order(method.merge_entry, changed, workers):
+    cost = lambda entry: workspace_bytes(entry.shape, tasks.num_tasks)  # noqa: E731
+    for key, out in _map_in_order(method.merge_entry, changed, workers, cost=cost):
         if out.task_vector is not None:
             result.task_vector = result.task_vector or {}
             result.task_vector[key] = out.task_vector.cpu()
@@ -128,9 +129,25 @@ def merge(method: MergeMethod | str, tasks: TaskVectors, params: Mapping[str, An
     return result
 
 
+#: Workspace bytes the concurrent entries of a merge may need together (estimated by ``workspace_bytes``): a new
+#: entry waits for the ones in flight when it would exceed this. ViT entries run ``workers`` at a time; an LLM's
+#: vocabulary-sized embeddings (a GiB and more of float32 task stacks each) run alone.
+WORKSPACE_BUDGET_BYTES = 2**30
+
+
+def workspace_bytes(shape: Sequence[int], num_tasks: int) -> int:
+    """About what merging one entry allocates: its T float32 deltas, θ0 and the result in float32."""
+    return math.prod(shape) * 4 * (num_tasks + 2)
+
+
 def _map_in_order(fn: Callable[[Any], Any], entries: Iterable[Any], workers: int,
-                  label: Callable[[Any], str] = lambda entry: entry.key) -> Iterator[tuple[str, Any]]:
+                  label: Callable[[Any], str] = lambda entry: entry.key,
+                  cost: Callable[[Any], int] | None = None,
+                  budget: int = WORKSPACE_BUDGET_BYTES) -> Iterator[tuple[str, Any]]:
     """``(label(entry), fn(entry))`` in input order, computed by ``workers`` threads.
+
+    With ``cost`` (bytes an entry needs), an entry is only started while the entries in flight plus itself stay
+    within ``budget`` (or when nothing else is in flight), so that a few huge entries never run side by side.
 
     A few more entries than workers are queued so that a large layer waiting to be yielded does not
     idle the other workers; queued entries hold no tensors until a worker starts them, so at most
@@ -144,14 +161,18 @@ def _map_in_order(fn: Callable[[Any], Any], entries: Iterable[Any], workers: int
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            in_flight: deque[tuple[str, Future[EntryMerge]]] = deque()
+            in_flight: deque[tuple[str, Future[EntryMerge], int]] = deque()
             for entry in entries:
-                in_flight.append((label(entry), pool.submit(fn, entry)))
+                need = cost(entry) if cost is not None else 0
+                while in_flight and sum(c for _, _, c in in_flight) + need > budget:
+                    key, future, _ = in_flight.popleft()
+                    yield key, future.result()
+                in_flight.append((label(entry), pool.submit(fn, entry), need))
                 if len(in_flight) >= 4 * workers:
-                    key, future = in_flight.popleft()
+                    key, future, _ = in_flight.popleft()
                     yield key, future.result()
             while in_flight:
-                key, future = in_flight.popleft()
+                key, future, _ = in_flight.popleft()
                 yield key, future.result()
     finally:
         torch.set_num_threads(threads)
@@ -230,7 +251,8 @@ def stream_merged_entries(method: MergeMethod, tasks: TaskVectors, keys: Sequenc
                 for tau in entry_task_vectors(out, num_outputs, choice)]
 
     keys = tqdm(keys, desc=f"merge ({method.name})", disable=not progress, unit="entry", leave=False)
-    yield from _map_in_order(merged, keys, workers, label=lambda key: key)
+    yield from _map_in_order(merged, keys, workers, label=lambda key: key,
+                             cost=lambda key: workspace_bytes(tasks.shape(key), tasks.num_tasks))
 
 
 def _finite(value: Tensor, key: str, alpha: float) -> Tensor:
