@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .registry import EntryMerge, MergeMethod, build_method
-from .task_vectors import TaskVectors
+from .task_vectors import ELEMENTWISE_BLOCK_BYTES, TaskEntry, TaskVectors
 from .tsv import LowRankFactors
 
 
@@ -111,7 +111,7 @@ def merge(method: MergeMethod | str, tasks: TaskVectors, params: Mapping[str, An
     result = MergeResult(method=method, keys=list(tasks.keys), num_tasks=tasks.num_tasks)
     changed = (entry for entry in tasks.entries(f"merge ({method.name})", progress=progress) if entry.changed)
     cost = lambda entry: workspace_bytes(entry.shape, tasks.num_tasks)  # noqa: E731
-    for key, out in _map_in_order(method.merge_entry, changed, workers, cost=cost):
+    for key, out in _map_in_order(lambda entry: merge_entry_in_blocks(method, entry), changed, workers, cost=cost):
         if out.task_vector is not None:
             result.task_vector = result.task_vector or {}
             result.task_vector[key] = out.task_vector.cpu()
@@ -138,6 +138,25 @@ WORKSPACE_BUDGET_BYTES = 2**30
 def workspace_bytes(shape: Sequence[int], num_tasks: int) -> int:
     """About what merging one entry allocates: its T float32 deltas, θ0 and the result in float32."""
     return math.prod(shape) * 4 * (num_tasks + 2)
+
+
+def merge_entry_in_blocks(method: MergeMethod, entry: TaskEntry,
+                          block_bytes: int = ELEMENTWISE_BLOCK_BYTES) -> EntryMerge:
+    """``method.merge_entry(entry)``, computed block of rows by block of rows when the method acts value by value
+    on this entry and its task stack would exceed ``block_bytes``: the same result, a bounded workspace."""
+    blocks = entry.row_blocks(block_bytes) if method.elementwise_on(entry) else [entry]
+    if len(blocks) == 1:
+        return method.merge_entry(entry)
+    parts = [method.merge_entry(block) for block in blocks]
+
+    def joined(values: list[Tensor | None], dim: int = 0) -> Tensor | None:
+        return None if values[0] is None else torch.cat(values, dim=dim)  # type: ignore[arg-type]
+
+    per_task = None
+    if parts[0].per_task is not None:
+        per_task = [joined([p.per_task[t] for p in parts]) for t in range(len(parts[0].per_task))]  # type: ignore
+    return EntryMerge(task_vector=joined([p.task_vector for p in parts]), per_task=per_task,
+                      masks=joined([p.masks for p in parts], dim=1))
 
 
 def _map_in_order(fn: Callable[[Any], Any], entries: Iterable[Any], workers: int,
@@ -246,7 +265,7 @@ def stream_merged_entries(method: MergeMethod, tasks: TaskVectors, keys: Sequenc
             base = tasks.pretrained[key]
             return [base] * num_outputs
         entry = tasks.entry(key)
-        out = method.merge_entry(entry) if entry.changed else None
+        out = merge_entry_in_blocks(method, entry) if entry.changed else None
         return [apply_entry(entry.pretrained, tau, alpha, key, dtype=dtype)
                 for tau in entry_task_vectors(out, num_outputs, choice)]
 

@@ -29,7 +29,7 @@ from .sparsify import (
     ties_merge,
 )
 from .svd import SVDMode
-from .task_vectors import TaskEntry, TaskVectors
+from .task_vectors import ELEMENTWISE_BLOCK_BYTES, TaskEntry, TaskVectors
 from .thresholds import task_thresholds
 from .tsv import (
     Orthogonalization,
@@ -63,6 +63,9 @@ class ZeroShot(MergeMethod):
 @dataclass
 class _TopKSum(MergeMethod):
     k: float = 100.0
+
+    def elementwise_on(self, entry: TaskEntry) -> bool:
+        return True  # the top-k thresholds are whole-model statistics from prepare
 
     def __post_init__(self) -> None:
         if not 0 < self.k <= 100:
@@ -127,13 +130,17 @@ class Ties(MergeMethod):
         total = 0.0
         for entry in tasks.entries("TIES signs", progress=progress):
             if entry.changed:
-                total += float(elect_sign(_trimmed(entry, self._thresholds)).sum())
+                total += sum(float(elect_sign(_trimmed(block, self._thresholds)).sum())
+                             for block in entry.row_blocks(ELEMENTWISE_BLOCK_BYTES))
         # Sums of ±1 and 0: integer-valued, so the sum over processes is exact (and the same as in one process).
         total = float(tasks.reduce_sum(torch.tensor(total, dtype=torch.float64)))
         self._majority_sign = float(np.sign(total))
 
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
         return EntryMerge(task_vector=ties_merge(entry.deltas(), self._thresholds, self._majority_sign, self.agg))
+
+    def elementwise_on(self, entry: TaskEntry) -> bool:
+        return True  # thresholds and the majority sign come from prepare
 
 
 # --------------------------------------------------------------------------- mask-based methods
@@ -349,6 +356,9 @@ class _TaskSingularVectorsMerge(MergeMethod):
 
     def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
         self._sti: dict[str, dict[str, float]] = {}
+
+    def elementwise_on(self, entry: TaskEntry) -> bool:
+        return not entry.uses_svd()  # averaged entries
 
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
         if not entry.uses_svd():

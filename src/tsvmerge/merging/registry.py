@@ -109,6 +109,11 @@ class MergeMethod:
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
         raise NotImplementedError
 
+    def elementwise_on(self, entry: TaskEntry) -> bool:
+        """Whether :meth:`merge_entry` acts value by value on ``entry`` (given :meth:`prepare`'s statistics), so
+        that a large entry may be merged in blocks of rows (an LLM's vocabulary-sized embeddings). Default: no."""
+        return False
+
     def finalize(self, tasks: TaskVectors) -> dict[str, Any]:
         """Whole-model statistics reported after the merge (storage, interference...)."""
         return {}

@@ -7,6 +7,7 @@ needs one layer's worth of anonymous memory, whatever the number of tasks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
 
@@ -24,6 +25,10 @@ def is_mergeable(tensor: Tensor) -> bool:
     return tensor.is_floating_point()
 
 
+#: Workspace of one block when an entry is merged block by block (methods acting value by value on it).
+ELEMENTWISE_BLOCK_BYTES = 2**29
+
+
 class TaskEntry:
     """The pre-trained tensor of one entry, its T fine-tuned versions and, on demand, their deltas."""
 
@@ -34,6 +39,19 @@ class TaskEntry:
         self.finetuned = list(finetuned)
         self.device = device
         self.rules = rules or EntryRules()
+
+    def row_blocks(self, max_bytes: int) -> list[TaskEntry]:
+        """The entry split along its first dimension into blocks whose float32 task stacks (T deltas, θ0 and a
+        result) stay within ``max_bytes``; the entry itself when it already does. Blocks are views: nothing is
+        read or copied until a block's deltas are asked for."""
+        shape = self.shape
+        per_row = math.prod(shape[1:]) * 4 * (self.num_tasks + 2) if len(shape) else 0
+        if len(shape) == 0 or shape[0] < 2 or per_row * shape[0] <= max_bytes:
+            return [self]
+        rows = max(1, max_bytes // max(per_row, 1))
+        return [TaskEntry(self.key, self.pretrained[start:start + rows],
+                          [ft[start:start + rows] for ft in self.finetuned], self.device, self.rules)
+                for start in range(0, shape[0], rows)]
 
     def uses_svd(self, *, compression: bool = False) -> bool:
         """Whether the SVD-based methods treat this entry as a matrix (see :mod:`.entry_rules`)."""
