@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .task_vectors import TaskVectors
+from .task_vectors import ELEMENTWISE_BLOCK_BYTES, TaskVectors
 
 __all__ = ["kth_smallest_bucket", "task_thresholds"]
 
@@ -74,9 +74,11 @@ def task_thresholds(tasks: TaskVectors, k_percent: float, *, progress: bool = Fa
         """One pass over this process's entries, summed over the processes; zeros counted without reading."""
         counts = torch.zeros(T, _BUCKETS, dtype=torch.int64)
         for entry in tasks.entries(label, progress=progress):
+            blocks = entry.row_blocks(ELEMENTWISE_BLOCK_BYTES)  # vocabulary-sized entries: a block at a time
             for task in range(T):
                 if task in entry.changed:
-                    counts[task] += count(entry.delta(task).abs(), task).cpu()
+                    for block in blocks:
+                        counts[task] += count(block.delta(task).abs(), task).cpu()
                 else:  # τ = 0 over the whole entry
                     counts[task] += count(zero, task) * entry.pretrained.numel()
         counts = tasks.reduce_sum(counts)
