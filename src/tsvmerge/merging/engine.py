@@ -147,16 +147,24 @@ def merge_entry_in_blocks(method: MergeMethod, entry: TaskEntry,
     blocks = entry.row_blocks(block_bytes) if method.elementwise_on(entry) else [entry]
     if len(blocks) == 1:
         return method.merge_entry(entry)
-    parts = [method.merge_entry(block) for block in blocks]
-
-    def joined(values: list[Tensor | None], dim: int = 0) -> Tensor | None:
-        return None if values[0] is None else torch.cat(values, dim=dim)  # type: ignore[arg-type]
-
-    per_task = None
-    if parts[0].per_task is not None:
-        per_task = [joined([p.per_task[t] for p in parts]) for t in range(len(parts[0].per_task))]  # type: ignore
-    return EntryMerge(task_vector=joined([p.task_vector for p in parts]), per_task=per_task,
-                      masks=joined([p.masks for p in parts], dim=1))
+    task_vector: Tensor | None = None
+    masks: Tensor | None = None
+    start = 0
+    for block in blocks:  # each block's result goes straight into the entry's output: no second copy of it
+        part = method.merge_entry(block)
+        if part.per_task is not None:
+            raise ValueError(f"{method.name}: per-task outputs cannot be merged block by block")
+        rows = block.shape[0]
+        if part.task_vector is not None:
+            if task_vector is None:
+                task_vector = part.task_vector.new_empty(entry.shape)
+            task_vector[start:start + rows] = part.task_vector
+        if part.masks is not None:
+            if masks is None:
+                masks = part.masks.new_empty((part.masks.shape[0], *entry.shape))
+            masks[:, start:start + rows] = part.masks
+        start += rows
+    return EntryMerge(task_vector=task_vector, masks=masks)
 
 
 def _map_in_order(fn: Callable[[Any], Any], entries: Iterable[Any], workers: int,

@@ -25,8 +25,9 @@ def is_mergeable(tensor: Tensor) -> bool:
     return tensor.is_floating_point()
 
 
-#: Workspace of one block when an entry is merged block by block (methods acting value by value on it).
-ELEMENTWISE_BLOCK_BYTES = 2**29
+#: Float32 task-stack bytes of one block when an entry is merged block by block (methods acting value by value on
+#: it); a method's temporaries are a few times this (TIES: trimmed values, signs, agreement masks).
+ELEMENTWISE_BLOCK_BYTES = 2**27
 
 
 class TaskEntry:
