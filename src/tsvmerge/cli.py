@@ -121,17 +121,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # ------------------------------------------------------------------------------------ checks before any work
 
-def _build_method(args: argparse.Namespace) -> MergeMethod:
-    """The method configured the way every entry point configures one: the ``--set`` assignments (plus ``--svd`` /
-    ``--report-sti``) checked against the method's schema, then by the method itself."""
-    choice = _method_choice(args)
+def _build_method(args: argparse.Namespace, choice: MethodChoice) -> MergeMethod:
+    """The method configured the way every entry point configures one (:func:`_method_choice`), then checked by the
+    method itself."""
     # The checkpoints' model is unknown here: settings published per model (CART's) must be given explicitly.
     return build_method(choice.name, choice.params).for_benchmark(None, len(args.finetuned))
 
 
-def _entry_rule_overrides(args: argparse.Namespace) -> tuple[str | None, str | None]:
+def _entry_rule_overrides(args: argparse.Namespace, choice: MethodChoice) -> tuple[str | None, str | None]:
     """``--svd-keys`` / ``--average-keys``, or the same given as method settings (``--set svd_keys=...``)."""
-    choice = _method_choice(args)
     overrides = []
     for flag, given, configured in (("--svd-keys", args.svd_keys, choice.svd_keys),
                                     ("--average-keys", args.average_keys, choice.average_keys)):
@@ -142,6 +140,7 @@ def _entry_rule_overrides(args: argparse.Namespace) -> tuple[str | None, str | N
 
 
 def _method_choice(args: argparse.Namespace) -> MethodChoice:
+    """The ``--set`` assignments (plus ``--svd`` / ``--report-sti``) checked against the method's schema."""
     from .config.settings import method_choice
 
     params = _parse_assignments(args.params)
@@ -242,7 +241,9 @@ def _open(path: Path):
 
 
 def _merge(args: argparse.Namespace) -> int:
-    method = _build_method(args)
+    choice = _method_choice(args)
+    method = _build_method(args, choice)
+    svd_keys, average_keys = _entry_rule_overrides(args, choice)
     _check_options(args, method)
     dtype = DTYPES[args.dtype] if args.dtype else None
     max_shard_bytes = parse_size(args.max_shard_size or "5GB")
@@ -258,7 +259,6 @@ def _merge(args: argparse.Namespace) -> int:
         pretrained = _open(inputs[0])
         finetuned = [_open(path) for path in inputs[1:]]
         config = pretrained.config if isinstance(pretrained, HFModelFolder) else None
-        svd_keys, average_keys = _entry_rule_overrides(args)
         rules = rules_for(pretrained, config, svd_keys=svd_keys, average_keys=average_keys)
         if folder_base:
             assert isinstance(pretrained, HFModelFolder)

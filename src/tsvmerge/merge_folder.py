@@ -97,7 +97,7 @@ def write_merged_folders(method: MergeMethod, tasks: TaskVectors, base: HFModelF
 def _write_own_shards(method: MergeMethod, tasks: TaskVectors, plan: ShardPlan, tied: dict[str, str], folder: Path,
                       subfolders: Sequence[str], *, alpha: float, dtype: torch.dtype | None, choice: int,
                       progress: bool, workers: int | None) -> None:
-    """Merge the entries of this process's shards in order, writing each shard as soon as it is complete."""
+    """Merge the entries of this process's shards in order, appending each merged tensor to its shard file at once."""
     for sub in subfolders:
         (folder / sub).mkdir(parents=True, exist_ok=True)
     own = plan.owned_by(tasks.collective.rank)

@@ -18,6 +18,7 @@ from pathlib import Path
 from torch import Tensor
 
 from tsvmerge.checkpoints.hf_folder import SAFETENSORS_INDEX, model_files
+from tsvmerge.checkpoints.state_dict import untied_contiguous
 
 __all__ = ["ShardPlan", "copy_model_files", "parse_size", "plan_shards", "write_index", "write_shard"]
 
@@ -98,16 +99,7 @@ def write_shard(path: Path, tensors: Mapping[str, Tensor]) -> None:
     """One safetensors shard (``format: pt`` metadata, as transformers expects); tied tensors are stored twice."""
     from safetensors.torch import save_file
 
-    prepared: dict[str, Tensor] = {}
-    seen: set[int] = set()
-    for key, value in tensors.items():
-        ptr = value.untyped_storage().data_ptr() if value.numel() else None
-        if ptr is not None and ptr in seen:
-            value = value.clone()
-        elif ptr is not None:
-            seen.add(ptr)
-        prepared[key] = value.contiguous()
-    save_file(prepared, str(path), metadata={"format": "pt"})
+    save_file(untied_contiguous(tensors), str(path), metadata={"format": "pt"})
 
 
 def write_index(folder: Path, plan: ShardPlan) -> None:

@@ -359,19 +359,26 @@ def save_state_dict(state: Mapping[str, Tensor], path: PathLike) -> Path:
     if dest.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        seen: set[int] = set()
-        prepared: dict[str, Tensor] = {}
-        for key, value in tensors.items():
-            ptr = value.untyped_storage().data_ptr() if value.numel() else None
-            if ptr is not None and ptr in seen:
-                value = value.clone()
-            elif ptr is not None:
-                seen.add(ptr)
-            prepared[key] = value.contiguous()
+        prepared = untied_contiguous(tensors)
         atomic_write(dest, _reporting_os_errors(lambda tmp: save_file(prepared, str(tmp))))
     else:
         atomic_write(dest, _reporting_os_errors(lambda tmp: torch.save(tensors, tmp)))
     return dest
+
+
+def untied_contiguous(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Contiguous tensors, each with storage of its own: safetensors refuses tensors sharing memory (tied weights),
+    so a second tensor on the same storage is cloned."""
+    seen: set[int] = set()
+    prepared: dict[str, Tensor] = {}
+    for key, value in tensors.items():
+        ptr = value.untyped_storage().data_ptr() if value.numel() else None
+        if ptr is not None and ptr in seen:
+            value = value.clone()
+        elif ptr is not None:
+            seen.add(ptr)
+        prepared[key] = value.contiguous()
+    return prepared
 
 
 def _reporting_os_errors(write: Callable[[Path], object]) -> Callable[[Path], object]:

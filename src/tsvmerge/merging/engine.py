@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .registry import EntryMerge, MergeMethod, build_method
-from .task_vectors import ELEMENTWISE_BLOCK_BYTES, TaskEntry, TaskVectors
+from .task_vectors import ELEMENTWISE_BLOCK_BYTES, TaskEntry, TaskVectors, workspace_bytes
 from .tsv import LowRankFactors
 
 
@@ -133,11 +133,6 @@ def merge(method: MergeMethod | str, tasks: TaskVectors, params: Mapping[str, An
 #: entry waits for the ones in flight when it would exceed this. ViT entries run ``workers`` at a time; an LLM's
 #: vocabulary-sized embeddings (a GiB and more of float32 task stacks each) run alone.
 WORKSPACE_BUDGET_BYTES = 2**30
-
-
-def workspace_bytes(shape: Sequence[int], num_tasks: int) -> int:
-    """About what merging one entry allocates: its T float32 deltas, θ0 and the result in float32."""
-    return math.prod(shape) * 4 * (num_tasks + 2)
 
 
 def merge_entry_in_blocks(method: MergeMethod, entry: TaskEntry,

@@ -89,7 +89,6 @@ def iso_cts_matrix(deltas: Tensor, common_space_fraction: float = 0.8) -> Tensor
     return (polar_factor(U_hat) @ polar_factor(V_hat).mT) * mean_singular_value
 
 
-
 def _residual_top_components(deltas: Tensor, U: Tensor, sizes: IsoCTSSizes) -> tuple[Tensor, Tensor, Tensor]:
     """Top ``sizes.per_task`` triplets of every residual Ri = τi − Uc Ucᵀ τi (the one-sided projection, §B3 step 3).
 

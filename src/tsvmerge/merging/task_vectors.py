@@ -20,9 +20,9 @@ from .collective import Collective, SingleProcess
 from .entry_rules import EntryRules, rules_for
 
 
-def is_mergeable(tensor: Tensor) -> bool:
-    """Only floating-point entries have task vectors; integer buffers are copied from θ0."""
-    return tensor.is_floating_point()
+def workspace_bytes(shape: Sequence[int], num_tasks: int) -> int:
+    """About what merging one entry allocates: its T float32 deltas, θ0 and the result in float32."""
+    return math.prod(shape) * 4 * (num_tasks + 2)
 
 
 #: Float32 task-stack bytes of one block when an entry is merged block by block (methods acting value by value on
@@ -46,10 +46,9 @@ class TaskEntry:
         result) stay within ``max_bytes``; the entry itself when it already does. Blocks are views: nothing is
         read or copied until a block's deltas are asked for."""
         shape = self.shape
-        per_row = math.prod(shape[1:]) * 4 * (self.num_tasks + 2) if len(shape) else 0
-        if len(shape) == 0 or shape[0] < 2 or per_row * shape[0] <= max_bytes:
+        if len(shape) == 0 or shape[0] < 2 or workspace_bytes(shape, self.num_tasks) <= max_bytes:
             return [self]
-        rows = max(1, max_bytes // max(per_row, 1))
+        rows = max(1, max_bytes // max(workspace_bytes(shape[1:], self.num_tasks), 1))
         return [TaskEntry(self.key, self.pretrained[start:start + rows],
                           [ft[start:start + rows] for ft in self.finetuned], self.device, self.rules)
                 for start in range(0, shape[0], rows)]
