@@ -4,6 +4,8 @@
     tsvmerge merge --method TSVM --pretrained meta-llama/Llama-3.2-1B --finetuned org/ft-a ./ft-b --out merged/
     torchrun --nproc_per_node=4 -m tsvmerge merge ...
     tsvmerge methods
+    tsvmerge download checkpoints --model ViT-B-32 --tasks 8       # published checkpoints into models/checkpoints
+    tsvmerge doctor model=ViT-B-32 num_tasks=8                     # what a main.py run still lacks
 
 Inputs are state-dict files, Hugging Face model folders or hub ids; a model-folder base gives a model folder out,
 written shard by shard (see docs/hf_models.md).
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import math
 import re
 import time
@@ -55,6 +58,9 @@ STATE_DICT_SUFFIXES = {".pt", ".safetensors", ".pth", ".bin"}
 _TASK_FILE = re.compile(r"task\d+\.pt")
 _TASK_FOLDER = re.compile(r"task\d+")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: The sub-commands of ``tsvmerge download``: modules of :mod:`tsvmerge.download`, each exposing
+#: ``add_parser(subparsers)``, which registers the sub-command with ``set_defaults(run=<function(args) -> int>)``.
+DOWNLOAD_COMMANDS = ("checkpoints",)
 
 
 def _parse_assignments(items: Sequence[str]) -> dict[str, str]:
@@ -105,7 +111,25 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub.add_parser("methods", help="list merge methods and their parameters")
+
+    download = sub.add_parser("download", help="fetch what main.py needs into the layouts it reads",
+                              description="Fetch published files into the layouts main.py reads.")
+    what = download.add_subparsers(dest="what", required=True)
+    for name in DOWNLOAD_COMMANDS:
+        importlib.import_module(f"{__package__}.download.{name}").add_parser(what)
+
+    from .doctor import add_parser as add_doctor_parser
+
+    add_doctor_parser(sub)
     return parser
+
+
+def _command_errors() -> tuple[type[BaseException], ...]:
+    """User errors of ``download`` and ``doctor``: every entry point's, plus failed downloads and bad arguments."""
+    from .download.errors import DownloadError
+    from .utils.entry_point import user_errors
+
+    return (*user_errors(), DownloadError, ValueError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             params = ", ".join(f"{k}={v!r}" for k, v in method_parameters(name).items()) or "-"
             print(f"{name:26s} {params}")
         return 0
+    if args.command in ("download", "doctor"):
+        return run_main(PROG, lambda: args.run(args), user_errors=_command_errors())
     # ValueError (ConfigError included) / RuntimeError: bad method parameters, an unavailable device.
     return run_main(PROG, lambda: _merge(args), user_errors=(*checkpoint_errors(), ValueError, RuntimeError))
 

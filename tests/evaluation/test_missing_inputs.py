@@ -33,7 +33,7 @@ def test_main_without_checkpoints_stops_in_seconds(tmp_path: Path) -> None:
     for dataset in BENCHMARK_DATASETS[:8]:
         assert str(finetuned_checkpoint_path(tmp_path / "checkpoints", "ViT-B-32", dataset)) in err
         assert f"Dataset {dataset} not found" in err
-    assert "nik-dim/tall_masks" in err and "huggingface-cli download" in err  # where to get them
+    assert "nik-dim/tall_masks" in err and "tsvmerge download checkpoints --model ViT-B-32" in err  # where to get them
     assert "make demo" in err  # how to try the code offline
     assert "Traceback" not in err
     assert elapsed < 60, f"took {elapsed:.1f} s"  # typically ~5 s: nothing is built before the check

@@ -36,12 +36,12 @@ PathLike = str | os.PathLike[str]
 
 CHECKPOINT_HELP = """\
 How to obtain the checkpoints:
-  * Download the published ones from the Hugging Face hub repository `nik-dim/tall_masks` (folders
-    `single_task/<model>/<Dataset>Val/...`), e.g.
-      huggingface-cli download nik-dim/tall_masks --include "single_task/ViT-B-32/*" --local-dir <dir>
-    and place `<dir>/single_task/<model>` at `<model_location>/<model>` (model_location defaults to
-    `models/checkpoints`). Saved TALL masks are in the same repository under `tall_masks/<model>/`,
-    and the zero-shot heads beside the checkpoints (`<model_location>/<model>/head_<Dataset>Val.pt`).
+  * Download the published ones (ViT-B-32, ViT-B-16, ViT-L-14) from the Hugging Face hub repository
+    `nik-dim/tall_masks` (folders `single_task/<model>/<Dataset>Val/...`) straight into this layout:
+      tsvmerge download checkpoints --model ViT-B-32 --tasks 8 --to <model_location>
+    (model_location defaults to `models/checkpoints`; --tasks 8|14|20 or --datasets A B ...; the zero-shot
+    heads come with them, and --masks adds the saved TALL masks of `tall_masks/<model>/`). Then
+    `tsvmerge doctor model=<model> num_tasks=<T>` lists whatever a run still lacks (docs/checkpoints.md).
   * Or try the whole pipeline offline on a tiny CLIP and synthetic tasks: `make demo` (`model=demo`)."""
 
 

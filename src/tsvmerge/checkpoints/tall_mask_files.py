@@ -26,6 +26,7 @@ __all__ = [
     "mask_file_tasks",
     "mask_record_path",
     "read_mask_record",
+    "read_packed_masks",
     "save_tall_masks",
     "tall_mask_allow_list",
 ]
@@ -143,22 +144,30 @@ def _read_object_payload(fh: BinaryIO, source: str) -> object:
     return array
 
 
+def read_packed_masks(path: PathLike) -> dict[str, np.ndarray]:
+    """The packed masks of a TALL mask file, ``{name: 1-D uint8 array}``, checked but not unpacked (a cheap check of
+    a downloaded file: unpacked, the masks of a ViT-L-14 take gigabytes)."""
+    p = require_file(path, what="TALL mask file")
+    with open(p, "rb") as fh:
+        payload = _read_object_payload(fh, str(p))
+    if not isinstance(payload, dict):
+        raise ValueError(f"{p} is not a TALL mask file: it holds a {type(payload).__name__}, not a dict")
+    for name, packed in payload.items():
+        is_packed = isinstance(packed, np.ndarray) and packed.dtype == np.uint8 and packed.ndim == 1
+        if not isinstance(name, str) or not is_packed:
+            raise ValueError(f"{p}: entry {name!r} is not a packed mask (a 1-D uint8 array)")
+    return payload
+
+
 def load_tall_masks(path: PathLike, num_entries: int | None = None) -> dict[str, np.ndarray]:
     """Read a TALL mask file into ``{name: flat bool array}``.
 
     Packed masks are padded to a multiple of 8 entries; give ``num_entries`` (the number of entries of the
     pre-trained state dict) to trim them, which also checks that the file was built for a model of that size.
     """
-    p = require_file(path, what="TALL mask file")
-    with open(p, "rb") as fh:
-        payload = _read_object_payload(fh, str(p))
-    if not isinstance(payload, dict):
-        raise ValueError(f"{p} is not a TALL mask file: it holds a {type(payload).__name__}, not a dict")
+    p = Path(path)
     masks: dict[str, np.ndarray] = {}
-    for name, packed in payload.items():
-        is_packed = isinstance(packed, np.ndarray) and packed.dtype == np.uint8 and packed.ndim == 1
-        if not isinstance(name, str) or not is_packed:
-            raise ValueError(f"{p}: entry {name!r} is not a packed mask (a 1-D uint8 array)")
+    for name, packed in read_packed_masks(p).items():
         if num_entries is not None and packed.size != -(-num_entries // 8):
             raise ValueError(
                 f"{p}: mask {name!r} has {packed.size * 8} bits (packed), which does not fit a model with "

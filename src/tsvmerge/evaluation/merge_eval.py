@@ -46,7 +46,8 @@ from .preflight import Preflight
 from .results import RESULT_SCHEMA, format_table, result_path, result_suffix, write_json
 from .tracking import Tracker
 
-__all__ = ["EvalData", "MergeEvalOutcome", "build_eval_data", "run_merge_evaluation", "settings_result_path"]
+__all__ = ["EvalData", "MergeEvalOutcome", "RunInputs", "build_eval_data", "check_run_inputs", "run_merge_evaluation",
+           "settings_result_path"]
 
 log = logging.getLogger(__name__)
 
@@ -104,20 +105,40 @@ def build_eval_data(spec: ModelSpec, datasets: list[str], preprocess: Any, *, da
     return EvalData(val, test, {d: h.to(runtime.device).eval() for d, h in heads.items()})
 
 
-def _preflight(settings: RunSettings, method: MergeMethod,
-               result: Path) -> tuple[Path, list[Path], dict[str, float], Path | None]:
+@dataclass
+class RunInputs:
+    """Every input of a run as found on disk; ``check`` holds what is missing or unusable (nothing raised yet)."""
+
+    check: Preflight
+    zeroshot: Path
+    finetuned: list[Path]
+    missing_heads: list[str]
+    accuracies: dict[str, float] | None
+    mask_file: Path | None
+
+
+def check_run_inputs(settings: RunSettings, method: MergeMethod | None = None) -> RunInputs:
+    """Look at every input of a run (paths only: no checkpoint is read, no model built). main.py raises the
+    problems found; ``tsvmerge doctor`` reports them with the commands that fetch what is missing."""
+    if method is None:
+        method = build_method(settings.method, settings.method_params)
     spec, loc, datasets = settings.model, settings.model_location, settings.datasets
     check = Preflight(f"{settings.method} on {spec.name} ({settings.num_tasks} tasks)")
     zeroshot = check.zeroshot(loc, spec.name, datasets)
     finetuned = check.finetuned(loc, spec.name, datasets) if method.uses_finetuned else []
     mask_file = _mask_file(settings, method, check)
-    check.heads(spec, loc, datasets)
+    missing_heads = check.heads(spec, loc, datasets)
     accuracies = check.accuracies(settings.ft_accuracies, [f"{d}Val" for d in datasets] + list(datasets))
     check.data(settings.data_location, datasets)
-    check.writable(result.parent, "results_dir")
-    check.raise_if_missing()
-    assert accuracies is not None
-    return zeroshot, finetuned, accuracies, mask_file
+    check.writable(settings_result_path(settings, method).parent, "results_dir")
+    return RunInputs(check, zeroshot, finetuned, missing_heads, accuracies, mask_file)
+
+
+def _preflight(settings: RunSettings, method: MergeMethod) -> tuple[Path, list[Path], dict[str, float], Path | None]:
+    inputs = check_run_inputs(settings, method)
+    inputs.check.raise_if_missing()
+    assert inputs.accuracies is not None
+    return inputs.zeroshot, inputs.finetuned, inputs.accuracies, inputs.mask_file
 
 
 def _mask_file_candidates(settings: RunSettings, files: MaskFiles) -> list[Path]:
@@ -175,9 +196,14 @@ def _missing_masks_message(settings: RunSettings, method: MergeMethod, files: Ma
              else f"DATASETS=[{','.join(settings.datasets)}]")
     ties = "".join(f" method.{k}={str(v).lower() if isinstance(v, bool) else v}"
                    for k, v in files.built_with.items() if k != "use_ties" or v)
-    return (f"saved TALL masks {looked} not found: {settings.method} reads the masks of a {files.made_by} run; run "
-            f"`python main.py model={settings.model.name} method={files.made_by} {tasks}{ties}` first "
-            "(or download them from nik-dim/tall_masks, folder tall_masks/<model>/)")
+    message = (f"saved TALL masks {looked} not found: {settings.method} reads the masks of a {files.made_by} run; "
+               f"run `python main.py model={settings.model.name} method={files.made_by} {tasks}{ties}` first")
+    from ..download.checkpoints import BENCHMARK_SIZES, PUBLISHED_MODELS, fetch_command
+
+    if settings.model.name in PUBLISHED_MODELS and settings.benchmark_prefix and settings.num_tasks in BENCHMARK_SIZES:
+        command = fetch_command(settings.model.name, settings.datasets, True, settings.model_location, masks=True)
+        message += f" (or fetch the published masks: `{command}`)"
+    return message
 
 
 def settings_result_path(settings: RunSettings, method: MergeMethod | None = None) -> Path:
@@ -198,7 +224,7 @@ def run_merge_evaluation(settings: RunSettings, run_dir: Path | None = None,
     spec, datasets, progress = settings.model, settings.datasets, settings.progress
     method = build_method(settings.method, settings.method_params)
     path = settings_result_path(settings, method)
-    zeroshot_path, finetuned_paths, ft_acc, mask_file = _preflight(settings, method, path)
+    zeroshot_path, finetuned_paths, ft_acc, mask_file = _preflight(settings, method)
     if mask_file is not None:
         method = method.with_mask_file(str(mask_file))
     params = {f.name: getattr(method, f.name) for f in dataclasses.fields(method)}

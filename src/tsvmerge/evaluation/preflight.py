@@ -44,6 +44,7 @@ class Preflight:
     checkpoints: list[Path] = field(default_factory=list)
     other: list[str] = field(default_factory=list)
     datasets: list[str] = field(default_factory=list)
+    missing_datasets: list[str] = field(default_factory=list)  # the names behind ``datasets``' messages
 
     def require_checkpoint(self, path: Path) -> None:
         if not path.is_file():
@@ -86,7 +87,11 @@ class Preflight:
             return None
 
     def data(self, location: str | Path, datasets: Sequence[str]) -> None:
-        self.datasets.extend(dataset_problems(location, datasets))
+        for name in datasets:
+            problems = dataset_problems(location, [name])
+            if problems:
+                self.missing_datasets.append(name)
+                self.datasets.extend(problems)
 
     def writable(self, folder: str | Path, what: str) -> None:
         """An output folder that exists or can be created, and can be written to (checked before any work)."""
