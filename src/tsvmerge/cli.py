@@ -4,6 +4,7 @@
     tsvmerge merge --method TSVM --pretrained meta-llama/Llama-3.2-1B --finetuned org/ft-a ./ft-b --out merged/
     torchrun --nproc_per_node=4 -m tsvmerge merge ...
     tsvmerge methods
+    tsvmerge download data --benchmark 8 --to data
 
 Inputs are state-dict files, Hugging Face model folders or hub ids; a model-folder base gives a model folder out,
 written shard by shard (see docs/hf_models.md).
@@ -28,6 +29,7 @@ from .checkpoints.paths import OutputPathError, atomic_directory, check_output_p
 from .checkpoints.sharded import parse_size
 from .checkpoints.sources import resolve_source
 from .checkpoints.tall_mask_files import save_tall_masks
+from .download import data as download_data
 from .evaluation.results import write_json
 from .merge_folder import plan_for, tied_entries, write_merged_folders
 from .merging import (
@@ -105,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub.add_parser("methods", help="list merge methods and their parameters")
+
+    d = sub.add_parser("download", help="fetch what the experiments read (datasets from hub mirrors)")
+    download_data.add_parser(d.add_subparsers(dest="download_command", required=True))
     return parser
 
 
@@ -115,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             params = ", ".join(f"{k}={v!r}" for k, v in method_parameters(name).items()) or "-"
             print(f"{name:26s} {params}")
         return 0
+    if args.command == "download":
+        return download_data.run(args)
     # ValueError (ConfigError included) / RuntimeError: bad method parameters, an unavailable device.
     return run_main(PROG, lambda: _merge(args), user_errors=(*checkpoint_errors(), ValueError, RuntimeError))
 

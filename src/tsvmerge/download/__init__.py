@@ -1,0 +1,1 @@
+"""``tsvmerge download …``: fetch what the paper's experiments read (datasets from maintained hub mirrors)."""
