@@ -5,6 +5,7 @@
     torchrun --nproc_per_node=4 -m tsvmerge merge ...
     tsvmerge methods
     tsvmerge download checkpoints --model ViT-B-32 --tasks 8       # published checkpoints into models/checkpoints
+    tsvmerge download data --benchmark 8 --to data                 # the datasets from hub mirrors into data/
     tsvmerge doctor model=ViT-B-32 num_tasks=8                     # what a main.py run still lacks
 
 Inputs are state-dict files, Hugging Face model folders or hub ids; a model-folder base gives a model folder out,
@@ -60,7 +61,7 @@ _TASK_FOLDER = re.compile(r"task\d+")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: The sub-commands of ``tsvmerge download``: modules of :mod:`tsvmerge.download`, each exposing
 #: ``add_parser(subparsers)``, which registers the sub-command with ``set_defaults(run=<function(args) -> int>)``.
-DOWNLOAD_COMMANDS = ("checkpoints",)
+DOWNLOAD_COMMANDS = ("checkpoints", "data")
 
 
 def _parse_assignments(items: Sequence[str]) -> dict[str, str]:
