@@ -73,3 +73,46 @@ def test_offline_run_logs_config_alpha_curve_table_and_metrics(demo_world: DemoW
     assert run.summary["test/avg_normalized_top1"] == pytest.approx(payload["test"]["avg_normalized_top1"])
     assert run.summary["alpha"] == payload["alpha"] and run.summary["method"] == "sum"
     assert run.summary["result_file"] == str(result_file)
+
+
+def test_task_specific_runs_log_their_mask_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TALL masks / TSV-C choose a mask per task instead of one α: their curve is one row per choice λ, and the
+    per-dataset table names each task's choice (a stand-in wandb module records the calls)."""
+    import sys
+    import types
+
+    from tsvmerge.evaluation.tracking import Tracker, WandbSettings, log_merge_result
+
+    logged: list[dict] = []
+
+    class Run:
+        summary: dict = {}
+
+        def log(self, data, step=None):
+            logged.append(data)
+
+        def finish(self):
+            pass
+
+    class Table:
+        def __init__(self, columns, data):
+            self.columns, self.data = columns, data
+
+    fake = types.SimpleNamespace(init=lambda **kw: Run(), Table=Table,
+                                 plot=types.SimpleNamespace(line=lambda *a, **k: pytest.fail("no α curve expected")))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    payload = {"datasets": ["A", "B"], "task_choices": {"A": 0.2, "B": 0.6}, "alpha": 1.0, "num_tasks": 2,
+               "method": "tall_mask",
+               "val": {"0.2": {"avg_top1": 0.5, "avg_normalized_top1": 0.6},
+                       "0.6": {"avg_top1": 0.4, "avg_normalized_top1": 0.5}},
+               "val_best": {"AVal:top1": 0.7, "BVal:top1": 0.3, "avg_top1": 0.5},
+               "test": {"A:top1": 0.8, "A:normalized_top1": 0.9, "B:top1": 0.2, "B:normalized_top1": 0.25,
+                        "avg_top1": 0.5, "avg_normalized_top1": 0.575}}
+    tracker = Tracker(WandbSettings(mode="offline"))
+    log_merge_result(tracker, payload, "r.json")
+    curve, per_dataset = logged[0]["val/choice_curve"], logged[1]["test/per_dataset"]
+    assert curve.columns == ["choice", "val_avg_top1", "val_avg_normalized_top1"]
+    assert curve.data == [["0.2", 0.5, 0.6], ["0.6", 0.4, 0.5]]
+    assert per_dataset.data == [["A", 0.8, 0.9, 0.7, "0.2"], ["B", 0.2, 0.25, 0.3, "0.6"]]
+    assert Run.summary["test/avg_normalized_top1"] == 0.575 and Run.summary["val_best/AVal:top1"] == 0.7
+    assert Run.summary["method"] == "tall_mask" and Run.summary["result_file"] == "r.json"

@@ -50,7 +50,8 @@ class Tracker:
             import wandb
         except ImportError as exc:
             raise RuntimeError(
-                f"wandb.mode={settings.mode} needs the wandb package (pip install 'tsvmerge[wandb]'), "
+                f"wandb.mode={settings.mode} needs the wandb package (a dependency of tsvmerge: make venv, or "
+                "pip install wandb), "
                 "or run with wandb.mode=disabled"
             ) from exc
         self._run = wandb.init(project=settings.project, entity=settings.entity, group=settings.group,
