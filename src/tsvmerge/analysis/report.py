@@ -35,6 +35,7 @@ from typing import Any
 from ..data import is_benchmark_prefix
 from ..plotting.style import METHOD_LABELS
 from ..utils.entry_point import run_main
+from .multirun import read_sweep, sweep_markdown
 
 __all__ = [
     "METHOD_LABELS",
@@ -424,8 +425,6 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, *, rada
     results_dir = Path(results_dir)
     out = Path(out) if out is not None else results_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    from .multirun import read_sweep, sweep_markdown
-
     records = [r for r in collect_results(results_dir, warn) if out.resolve() not in r.path.resolve().parents]
     report = build_report(records, finetuned_accuracies_of_runs(records, finetuned_accuracies(results_dir, warn),
                                                                 warn))
