@@ -8,6 +8,7 @@
     python main.py method=tall_mask method.load_mask=True
     python main.py method=consensus method.prun_thre_k=2
     python main.py -m method=sum,TSVM num_tasks=8,14,20
+    python main.py -m method=sum,TSVM num_tasks=8,14,20 hydra/launcher=slurm hydra.launcher.partition=gpu
 
 Configuration: config/config.yaml on the schema of src/tsvmerge/config/schema.py (README: Configuration).
 """
@@ -25,7 +26,11 @@ CONFIG_DIR = Path(__file__).resolve().parent / "config"
 @hydra.main(config_path="config", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> float:
     from tsvmerge.evaluation.merge_eval import run_from_hydra
+    from tsvmerge.utils.allocator import cap_heap_retention
 
+    # A launcher may run the job in another process (hydra/launcher=slurm or submitit_local: docs/cluster.md), which
+    # cli() below never configured; the huge-page setting travels in the environment, the heap cap is set here.
+    cap_heap_retention()
     return run_from_hydra(cfg)
 
 

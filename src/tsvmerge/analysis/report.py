@@ -7,6 +7,11 @@ charts (Fig. 4).
 - Per-dataset tables: one per model and task list (explicit ``DATASETS`` lists included), test top-1 per dataset.
 - Radar chart per model and task list: one polygon per method over the datasets.
 
+A Hydra multirun folder (``python main.py -m ...``, e.g. on Slurm: docs/cluster.md) is a results folder too: every
+job copies its result file into its own sub-folder. Its report adds a "Multirun jobs" section
+(:mod:`tsvmerge.analysis.multirun`): how many of the sweep's jobs wrote a result, and the overrides and log files of
+those that did not; the fine-tuned reference row comes from the accuracy file the runs name.
+
 Cells without a result file stay empty: nothing is interpolated or copied from elsewhere. When several files
 describe the same cell (e.g. the same run in two sub-folders), the most recent one (``created_utc``) is used and
 the others are listed in the report.
@@ -30,6 +35,7 @@ from typing import Any
 from ..data import is_benchmark_prefix
 from ..plotting.style import METHOD_LABELS
 from ..utils.entry_point import run_main
+from .multirun import read_sweep, sweep_markdown
 
 __all__ = [
     "METHOD_LABELS",
@@ -65,6 +71,7 @@ class ResultRecord:
     test: Mapping[str, float]
     task_specific: bool
     created: str
+    ft_accuracies_file: str | None = None  # the accuracy file the run normalized by
 
     @property
     def num_tasks(self) -> int:
@@ -139,6 +146,7 @@ def read_result(path: Path) -> ResultRecord | None:
         full_name=str(payload.get("method_full_name") or payload.get("method")), suffix=_suffix(path),
         datasets=tuple(payload["datasets"]), test=test, task_specific=payload.get("task_choices") is not None,
         created=str(payload.get("created_utc") or ""),
+        ft_accuracies_file=str(payload["ft_accuracies_file"]) if payload.get("ft_accuracies_file") else None,
     )
 
 
@@ -176,6 +184,29 @@ def finetuned_accuracies(results_dir: str | Path, warn: Warn | None = None) -> d
             continue
         if isinstance(data, dict):
             out[path.parent.name] = {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
+    return out
+
+
+def finetuned_accuracies_of_runs(records: Sequence[ResultRecord], known: Mapping[str, Mapping[str, float]],
+                                 warn: Warn | None = None) -> dict[str, dict[str, float]]:
+    """``known`` completed with the accuracy files the runs themselves normalized by (``ft_accuracies_file`` of
+    their result files), for models ``known`` lacks: a multirun folder holds no ``single_task/`` folder, but its
+    runs name theirs. Only files that still exist are read."""
+    warn = warn or log.warning
+    out = {model: dict(accs) for model, accs in known.items()}
+    for record in records:
+        if record.model in out or not record.ft_accuracies_file:
+            continue
+        path = Path(record.ft_accuracies_file)
+        if not path.is_file():
+            continue
+        try:
+            data = load_json(path)
+        except ResultFileError as exc:
+            warn(f"skipped {exc} (the fine-tuned reference row of {record.model} stays empty)")
+            continue
+        if isinstance(data, dict):
+            out[record.model] = {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
     return out
 
 
@@ -395,7 +426,9 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, *, rada
     out = Path(out) if out is not None else results_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     records = [r for r in collect_results(results_dir, warn) if out.resolve() not in r.path.resolve().parents]
-    report = build_report(records, finetuned_accuracies(results_dir, warn))
+    report = build_report(records, finetuned_accuracies_of_runs(records, finetuned_accuracies(results_dir, warn),
+                                                                warn))
+    sweep = read_sweep(results_dir, [r.path for r in records])
     written: dict[str, Path] = {}
     written["table2.csv"] = write_csv(out / "table2.csv", table2_rows(report),
                                       ["method", "method_full_name", "suffix", "label", "model", "tasks", "avg_top1",
@@ -428,6 +461,8 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, *, rada
           "† task-specific vectors: the task is known at test time (TALL masks, TSV-C, magnitude masking); "
           "the fine-tuned row uses one model per task.", "",
           "## Per-dataset accuracy", "", "Test top-1 (%) per dataset.", "", per_dataset_markdown(report)]
+    if sweep is not None:
+        md += ["## Multirun jobs", "", sweep_markdown(sweep)]
     if radars:
         md += ["## Radar charts (Fig. 4)", ""]
         md += [f"![{c[0]}, {c[1]}]({os.path.relpath(p, out)})" for c, p in radars]
@@ -444,8 +479,13 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, *, rada
     text = "\n".join(md)
     atomic_write(path, lambda tmp: tmp.write_text(text))
     written["report.md"] = path
+    jobs = None if sweep is None else {
+        "expected": sweep.expected, "started": len(sweep.jobs),
+        "without_result": [{"num": j.num, "overrides": list(j.overrides), "logs": [str(p) for p in j.logs]}
+                           for j in sweep.without_result]}
     write_json(out / "report.json", {"results_dir": str(results_dir), "files": [str(r.path) for r in records],
-                                     "table2": table2_rows(report), "duplicates": report.duplicates})
+                                     "table2": table2_rows(report), "duplicates": report.duplicates,
+                                     "multirun": jobs})
     written["report.json"] = out / "report.json"
     return written
 

@@ -44,7 +44,7 @@ from .evaluate import CachePolicy, EvalSplit, Evaluator, Runtime
 from .metrics import first_best, metrics_section
 from .preflight import Preflight
 from .results import RESULT_SCHEMA, format_table, result_path, result_suffix, write_json
-from .tracking import Tracker
+from .tracking import Tracker, log_merge_result
 
 __all__ = ["EvalData", "MergeEvalOutcome", "RunInputs", "build_eval_data", "check_run_inputs", "run_merge_evaluation",
            "settings_result_path"]
@@ -301,7 +301,7 @@ def run_merge_evaluation(settings: RunSettings, run_dir: Path | None = None,
         copies = []
         if run_dir is not None and Path(run_dir).resolve() != path.parent.resolve():
             copies.append(write_json(Path(run_dir) / path.name, payload))
-        tracker.summary({f"test/{k}": v for k, v in test.items()} | {"alpha": alpha})
+        log_merge_result(tracker, payload, str(path))
     finally:
         tracker.finish()
     table = format_table(test, datasets, val_best, choices,

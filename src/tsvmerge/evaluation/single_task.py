@@ -21,6 +21,7 @@ from ..checkpoints.state_dict import LazyStateDict, open_state_dict
 from ..models.encoder import build_image_encoder, load_encoder_weights
 from ..models.factory import ModelSpec
 from ..models.preprocess import split_preprocess
+from ..utils.file_lock import locked
 from .evaluate import Evaluator, Runtime
 from .merge_eval import build_eval_data
 from .preflight import Preflight
@@ -60,9 +61,11 @@ def _read_existing(path: Path) -> dict[str, float]:
 
 def record_accuracies(path: str | Path, accuracies: dict[str, float]) -> Path:
     """Merge ``accuracies`` (``{"MNIST": top1, "MNISTVal": top1}``) into the accuracy file at ``path``, keeping its
-    other entries; the file is rewritten atomically."""
+    other entries; the file is rewritten atomically, under a lock so that concurrent jobs (one per task on a
+    cluster) never drop each other's entries."""
     path = Path(path)
-    return write_json(path, {**_read_existing(path), **accuracies})
+    with locked(path):
+        return write_json(path, {**_read_existing(path), **accuracies})
 
 
 def _open_all(paths: Sequence[Path]) -> list[LazyStateDict | None]:
