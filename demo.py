@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         group_flag("model", ("--model",), "model config (config/model/<name>.yaml) with `benchmark: synthetic` "
                                           "(default demo)"),
         Flag("num_tasks", ("--num-tasks", "--tasks")), Flag("methods", ("--methods",), "list"),
-        Flag("quick", ("--quick",), "true"), Flag("pretrain_steps", ("--pretrain-steps",)),
+        Flag("quick", ("--quick",), "true"), Flag("seed", ("--seed",)), Flag("pretrain_steps", ("--pretrain-steps",)),
+        Flag("pretrain_pool", ("--pretrain-pool",)),
         Flag("finetune_epochs", ("--finetune-epochs",)), Flag("finetune_max_steps", ("--finetune-max-steps",)),
         Flag("n_eval_points", ("--n-eval-points",)), Flag("data_location", ("--data-location",)),
         Flag("model_location", ("--model-location",)), Flag("results_dir", ("--results-dir",)),

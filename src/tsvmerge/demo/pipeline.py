@@ -28,6 +28,7 @@ from ..config.schema import DemoSchema
 from ..config.settings import model_spec
 from ..data import task_list
 from ..data.datasets.synthetic import generate_all
+from ..data.datasets.synthetic_scenes import SCENES_VERSION
 from .pretrain import PretrainSettings, pretrain_clip
 from .summary import summarize, summary_markdown, write_summary
 
@@ -67,6 +68,7 @@ class DemoPlan:
     finetune_epochs: int | None = None  # None: the model config's epochs per task
     finetune_max_steps: int | None = None
     n_eval_points: int = 31
+    seed: int = 0
     force: bool = False
     progress: bool = True
 
@@ -99,6 +101,8 @@ def demo_plan(cfg: Any, source: ConfigSource) -> DemoPlan:
                     for m in settings if m not in available_methods())
     problems.extend(f"method_settings.{m}: {a!r} is not key=value" for m, items in settings.items() for a in items
                     if "=" not in a)
+    if values["pretrain_pool"] not in ("tasks", "scenes"):
+        problems.append(f"pretrain_pool={values['pretrain_pool']!r}: 'tasks' or 'scenes'")
     problems.raise_if_any("invalid demo configuration")
     quick = values["quick"]
     steps = values["pretrain_steps"] or (60 if quick else PretrainSettings.steps)
@@ -108,10 +112,11 @@ def demo_plan(cfg: Any, source: ConfigSource) -> DemoPlan:
         data_location=Path(values["data_location"]), model_location=Path(values["model_location"]),
         results_dir=Path(values["results_dir"]),
         pretrained=Path(values["pretrained"]) if values["pretrained"] else None,
-        pretrain=PretrainSettings(steps=steps, warmup_steps=min(30, steps // 5)),
+        pretrain=PretrainSettings(steps=steps, warmup_steps=min(30, steps // 5), seed=values["seed"],
+                                  pool=values["pretrain_pool"]),
         finetune_epochs=values["finetune_epochs"],
         finetune_max_steps=values["finetune_max_steps"] or (20 if quick else None),
-        n_eval_points=values["n_eval_points"] or (6 if quick else 31), force=values["force"],
+        n_eval_points=values["n_eval_points"] or (6 if quick else 31), seed=values["seed"], force=values["force"],
         progress=values["progress"],
     )
 
@@ -166,8 +171,13 @@ def run_demo(plan: DemoPlan) -> dict[str, object]:
     generate_all(plan.data_location, disable=not plan.progress)
     timings["data_s"] = time.perf_counter() - tick
 
-    # 2. The pre-trained tiny CLIP (contrastive image-caption run on the union of the domains).
+    # 2. The pre-trained tiny CLIP (contrastive image-caption run on captioned scenes). Checkpoints made with other
+    # settings (another seed, an older version of the demo) are moved aside first: fine-tuning skips tasks whose
+    # checkpoint exists, so they would otherwise be reused.
     tick = time.perf_counter()
+    checkpoints_folder = plan.model_location / plan.model
+    stamp = _settings_stamp(plan, spec, pretrained)
+    _set_aside_stale(checkpoints_folder, stamp)
     if not pretrained.is_file():
         pretrained.parent.mkdir(parents=True, exist_ok=True)
         print(f"\n==> pre-training the demo CLIP ({plan.pretrain.steps} steps) -> {pretrained}", flush=True)
@@ -175,9 +185,12 @@ def run_demo(plan: DemoPlan) -> dict[str, object]:
     else:
         print(f"\n==> pre-trained demo CLIP: {pretrained} (cached)", flush=True)
     timings["pretrain_s"] = time.perf_counter() - tick
+    checkpoints_folder.mkdir(parents=True, exist_ok=True)
+    _write_stamp(checkpoints_folder, stamp)
 
     # 3. Fine-tuning, one checkpoint per task in the published layout (tasks already fine-tuned are skipped).
     finetune = _overrides({**locations, "pretrained": pretrained, "train_dataset": tasks, "evaluate": False,
+                           "seed": plan.seed,
                            "num_workers": 0, "progress": plan.progress, "epochs": plan.finetune_epochs,
                            "max_steps": plan.finetune_max_steps})
     cfg = finetune_config(compose_config(source, "finetune", [*model, *finetune]))
@@ -248,6 +261,45 @@ def _overrides(values: Mapping[str, Any]) -> list[str]:
     """``key=value`` Hydra overrides (None values left out: the schema's default applies)."""
     return [f"{key}={quote(value if not isinstance(value, Path) else str(value))}" for key, value in values.items()
             if value is not None]
+
+
+#: The file beside the demo's checkpoints recording the settings they were made with.
+STAMP_NAME = "demo_settings.json"
+
+
+def _settings_stamp(plan: DemoPlan, spec: Any, pretrained: Path) -> dict[str, Any]:
+    """What the demo checkpoints under ``<model_location>/<model>`` depend on (besides the task data, versioned by
+    their own cache): the pre-trained weights file and the settings of its pre-training and of the fine-tuning."""
+    stamp = {"pretrained": str(pretrained), "pretrain": dataclasses.asdict(plan.pretrain),
+             "scenes_version": SCENES_VERSION, "arch": spec.arch,
+             "open_clip_config": spec.open_clip_config, "finetuning": spec.finetuning, "seed": plan.seed,
+             "finetune_epochs": plan.finetune_epochs, "finetune_max_steps": plan.finetune_max_steps}
+    return json.loads(json.dumps(stamp, sort_keys=True, default=str))
+
+
+def _write_stamp(folder: Path, stamp: Mapping[str, Any]) -> None:
+    (folder / STAMP_NAME).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+
+
+def _set_aside_stale(folder: Path, stamp: Mapping[str, Any]) -> None:
+    """Rename ``folder`` (``<model_location>/<model>``: the demo's own checkpoints, and its pre-trained weights unless
+    ``--pretrained`` names another file) to ``<folder>.stale-<n>`` when it holds checkpoints made with other settings
+    than ``stamp``; nothing is deleted."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    try:
+        recorded = json.loads((folder / STAMP_NAME).read_text())
+    except (OSError, ValueError):
+        recorded = None
+    if recorded == stamp:
+        return
+    n = 1
+    while folder.with_name(f"{folder.name}.stale-{n}").exists():
+        n += 1
+    target = folder.with_name(f"{folder.name}.stale-{n}")
+    folder.rename(target)
+    print(f"\n==> {folder} holds demo checkpoints made with other settings (another --seed, another version of the "
+          f"demo): moved to {target}; they are made again", flush=True)
 
 
 def _has_keys(path: Path, tasks: Sequence[str]) -> bool:

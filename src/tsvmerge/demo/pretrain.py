@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..checkpoints.state_dict import save_state_dict
 from ..data import classnames, templates
 from ..data.datasets.synthetic import load_split
+from ..data.datasets.synthetic_scenes import load_scenes
 from ..models.factory import ModelSpec, create_clip, get_tokenizer
 from ..models.preprocess import split_preprocess
 
@@ -47,6 +48,11 @@ class PretrainSettings:
     weight_decay: float = 0.1
     warmup_steps: int = 30
     seed: int = 0
+    #: "tasks": the tasks' own ``pretrain`` split captioned with their prompt templates (zero-shot close to
+    #: fine-tuned); "scenes": captioned synthetic scenes, a distribution separate from the tasks' images
+    #: (tsvmerge.data.datasets.synthetic_scenes: zero-shot far from fine-tuned, as for a real CLIP).
+    pool: str = "tasks"
+    scenes: int = 8000
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,14 @@ def _pretraining_pool(data_location: Path, tasks: Sequence[str]) -> tuple[np.nda
     return np.concatenate(images), np.concatenate(classes)
 
 
+def _scenes_pool(data_location: Path, count: int, seed: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Scenes, their distinct captions, and per scene the index of its caption (its "class" for the soft loss)."""
+    images, captions = load_scenes(data_location, count, seed)
+    bank = sorted(set(captions))
+    index = {c: i for i, c in enumerate(bank)}
+    return images, bank, np.asarray([index[c] for c in captions], dtype=np.int64)
+
+
 def _to_model_input(images: np.ndarray, normalize: Callable[[Tensor, torch.device], Tensor]) -> Tensor:
     """uint8 NHWC at the model's resolution -> normalized float NCHW (the eval preprocess after its PIL steps)."""
     return normalize(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.device("cpu"))
@@ -108,8 +122,14 @@ def pretrain_clip(spec: ModelSpec, data_location: str | Path, out: str | Path, t
     model.train()
     tokenizer = get_tokenizer(spec, model)
     normalize = split_preprocess(preprocess).normalize
-    images, classes = _pretraining_pool(Path(data_location), tasks)
-    captions, per_class = caption_bank(tasks)
+    if settings.pool == "scenes":
+        images, captions, classes = _scenes_pool(Path(data_location), settings.scenes, settings.seed)
+        per_class = [[i] for i in range(len(captions))]
+    elif settings.pool == "tasks":
+        images, classes = _pretraining_pool(Path(data_location), tasks)
+        captions, per_class = caption_bank(tasks)
+    else:
+        raise ValueError(f"pretraining pool {settings.pool!r}: 'scenes' or 'tasks'")
     tokens = tokenizer(captions)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
