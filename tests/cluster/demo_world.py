@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from tests.evaluation.world import perturbed_image_encoder
 from tsvmerge.checkpoints import finetuned_checkpoint_path, head_path, zeroshot_checkpoint_path
 from tsvmerge.checkpoints.state_dict import save_state_dict
 from tsvmerge.data import SYNTHETIC_TASKS, class_synonyms, templates
@@ -74,15 +75,8 @@ def make_demo_world(root: Path, num_tasks: int = 2) -> DemoWorld:
     theta0 = {f"model.{k}": v for k, v in full.items() if not k.startswith("transformer.")}
     save_state_dict(theta0, zeroshot_checkpoint_path(checkpoints, MODEL, tasks[0]))
     for task in tasks:
-        g = torch.Generator().manual_seed(zlib.crc32(task.encode()))
-        finetuned = {}
-        for key, value in theta0.items():
-            if key.startswith("model.visual.") and value.is_floating_point():
-                scale = 0.05 * (value.std() if value.numel() > 1 else value.abs()).clamp_min(1e-3)
-                finetuned[key] = value + scale * torch.randn(value.shape, generator=g)
-            else:
-                finetuned[key] = value.clone()
-        save_state_dict(finetuned, finetuned_checkpoint_path(checkpoints, MODEL, task))
+        save_state_dict(perturbed_image_encoder(theta0, zlib.crc32(task.encode())),
+                        finetuned_checkpoint_path(checkpoints, MODEL, task))
 
     tokenizer = get_tokenizer(spec, clip)
     for task in tasks:

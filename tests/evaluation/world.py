@@ -88,15 +88,7 @@ def make_world(root: Path, datasets: list[str] | None = None, missing_head: bool
     theta0 = {f"model.{k}": v for k, v in full.items() if not k.startswith("transformer.")}
     save_state_dict(theta0, zeroshot_checkpoint_path(checkpoints, MODEL))
     for d in datasets:
-        g = torch.Generator().manual_seed(_char_sum(d))
-        finetuned = {}
-        for key, value in theta0.items():
-            if key.startswith("model.visual.") and value.is_floating_point():
-                scale = 0.05 * (value.std() if value.numel() > 1 else value.abs()).clamp_min(1e-3)
-                finetuned[key] = value + scale * torch.randn(value.shape, generator=g)
-            else:
-                finetuned[key] = value.clone()
-        save_state_dict(finetuned, finetuned_checkpoint_path(checkpoints, MODEL, d))
+        save_state_dict(perturbed_image_encoder(theta0, _char_sum(d)), finetuned_checkpoint_path(checkpoints, MODEL, d))
 
     for d in datasets:
         make_dataset_fixture(d, data)
@@ -116,3 +108,17 @@ def make_world(root: Path, datasets: list[str] | None = None, missing_head: bool
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(accuracies))
     return World(root, conf, data, checkpoints, results, pretrained, spec, datasets)
+
+
+def perturbed_image_encoder(theta0: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """A stand-in fine-tuned checkpoint: ``theta0`` with seeded noise (5% of each tensor's spread) on the image
+    encoder's floating-point entries, everything else copied."""
+    g = torch.Generator().manual_seed(seed)
+    finetuned = {}
+    for key, value in theta0.items():
+        if key.startswith("model.visual.") and value.is_floating_point():
+            scale = 0.05 * (value.std() if value.numel() > 1 else value.abs()).clamp_min(1e-3)
+            finetuned[key] = value + scale * torch.randn(value.shape, generator=g)
+        else:
+            finetuned[key] = value.clone()
+    return finetuned

@@ -177,14 +177,22 @@ def finetuned_accuracies(results_dir: str | Path, warn: Warn | None = None) -> d
     warn = warn or log.warning
     out = {}
     for path in sorted(Path(results_dir).glob("single_task/*/nonlinear_ft_accuracies.json")):
-        try:
-            data = load_json(path)
-        except ResultFileError as exc:
-            warn(f"skipped {exc} (the fine-tuned reference row of {path.parent.name} stays empty)")
-            continue
-        if isinstance(data, dict):
-            out[path.parent.name] = {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
+        accuracies = _read_accuracies(path, path.parent.name, warn)
+        if accuracies is not None:
+            out[path.parent.name] = accuracies
     return out
+
+
+def _read_accuracies(path: Path, model: str, warn: Warn) -> dict[str, float] | None:
+    """``{split: top-1}`` of one accuracy file; None (with a warning if it is unreadable) when it holds none."""
+    try:
+        data = load_json(path)
+    except ResultFileError as exc:
+        warn(f"skipped {exc} (the fine-tuned reference row of {model} stays empty)")
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
 
 
 def finetuned_accuracies_of_runs(records: Sequence[ResultRecord], known: Mapping[str, Mapping[str, float]],
@@ -198,15 +206,9 @@ def finetuned_accuracies_of_runs(records: Sequence[ResultRecord], known: Mapping
         if record.model in out or not record.ft_accuracies_file:
             continue
         path = Path(record.ft_accuracies_file)
-        if not path.is_file():
-            continue
-        try:
-            data = load_json(path)
-        except ResultFileError as exc:
-            warn(f"skipped {exc} (the fine-tuned reference row of {record.model} stays empty)")
-            continue
-        if isinstance(data, dict):
-            out[record.model] = {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
+        accuracies = _read_accuracies(path, record.model, warn) if path.is_file() else None
+        if accuracies is not None:
+            out[record.model] = accuracies
     return out
 
 
