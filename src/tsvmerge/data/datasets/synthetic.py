@@ -135,7 +135,7 @@ def load_split(root: str | os.PathLike[str], name: str, split: str) -> tuple[np.
     if cached is not None:
         return cached
     images, labels = generate_split(name, split)
-    _write_atomic(path, images, labels)
+    write_arrays_atomic(path, images=images, labels=labels, version=np.int64(GENERATOR_VERSION))
     return images, labels
 
 
@@ -174,13 +174,13 @@ def _read(path: Path, split: str) -> tuple[np.ndarray, np.ndarray] | None:
     return images, labels.astype(np.int64, copy=False)
 
 
-def _write_atomic(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+def write_arrays_atomic(path: Path, **arrays: np.ndarray) -> None:
     """Write to a temporary file next to ``path`` then rename it, so readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=images, labels=labels, version=np.int64(GENERATOR_VERSION))
+            np.savez(f, **arrays)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

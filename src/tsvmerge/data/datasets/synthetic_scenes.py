@@ -68,10 +68,7 @@ def load_scenes(root: str | os.PathLike[str], count: int, seed: int = 0) -> tupl
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
         pass
     images, captions = generate_scenes(count, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}-{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=images, captions=np.asarray(captions), version=np.int64(SCENES_VERSION))
-    os.replace(tmp, path)
+    tasks.write_arrays_atomic(path, images=images, captions=np.asarray(captions), version=np.int64(SCENES_VERSION))
     return images, captions
 
 
