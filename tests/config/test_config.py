@@ -107,7 +107,7 @@ def test_accepted(overrides: list[str], check) -> None:
     (["method=ties", "method.k=abc"], "method.k: Value 'abc' of type 'str' could not be converted to Float"),
     (["method=TSVM", "method.svd=magic"], "svd='magic' is not one of exact, full, randomized"),
     (["method=foo"], "unknown method 'foo'; available: average, cart, consensus"),
-    (["model=RN50"], "unknown model 'RN50'; available: demo, demo_wide, ViT-B-16, ViT-B-32, ViT-L-14"),
+    (["model=RN50"], "unknown model 'RN50'; available: demo, ViT-B-16, ViT-B-32, ViT-L-14"),
     (["precision=fp8"], "precision: Invalid value 'fp8', expected one of [bf16, fp16, fp32]"),
     (["eval_cache=ram"], "expected one of [memory, disk, none]"),
     (["wandb.mode=on"], "expected one of [disabled, offline, online]"),

@@ -176,3 +176,42 @@ def test_labels_are_visible_in_the_pixels(built: Path, name: str) -> None:
     # Catches a generator whose images do not depend on the label (chance = 10%); see docs/data.md for the rest.
     accuracy = _softmax_regression_accuracy(load_split(built, name, "train"), load_split(built, name, "test"))
     assert accuracy >= 0.3
+
+
+def _pooled(images: np.ndarray) -> np.ndarray:
+    """4x4-pooled colours divided by their mean: the pattern and hue of a background, whatever its brightness."""
+    pooled = images.reshape(len(images), 8, 4, 8, 4, 3).mean((2, 4)).reshape(len(images), -1)
+    return pooled / pooled.mean(1, keepdims=True)
+
+
+def test_each_domain_has_its_own_look_and_none_is_a_colors_class() -> None:
+    rng = np.random.default_rng(0)
+    train = {d: _pooled(synthetic._domain_backgrounds(d, rng, 100)) for d in synthetic.DOMAINS}
+    centroids = np.stack([train[d].mean(0) for d in synthetic.DOMAINS])
+    for i, domain in enumerate(synthetic.DOMAINS):
+        backgrounds = synthetic._domain_backgrounds(domain, rng, 100)
+        assert backgrounds.shape == (100, IMAGE_SIZE, IMAGE_SIZE, 3) and backgrounds.dtype == np.float32
+        nearest = ((_pooled(backgrounds)[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
+        assert (nearest == i).mean() >= 0.85, domain  # measured: 0.88 (plain) to 1.0
+        # Dark enough for any bright object to stand out, and far from every named colour of the Colors task.
+        mean = backgrounds.reshape(-1, 3).mean(0)
+        assert mean.max() < 110
+        assert np.linalg.norm(synthetic._PALETTE - mean, axis=1).min() > 60
+    with pytest.raises(ValueError, match="unknown domain"):
+        synthetic._domain_backgrounds("marble", rng, 1)
+
+
+def test_every_task_draws_on_its_own_domain(monkeypatch: pytest.MonkeyPatch) -> None:
+    used: list[str] = []
+    original = synthetic._domain_backgrounds
+
+    def spy(domain: str, rng: np.random.Generator, n: int) -> np.ndarray:
+        used.append(domain)
+        return original(domain, rng, n)
+
+    monkeypatch.setattr(synthetic, "_domain_backgrounds", spy)
+    for name in SYNTHETIC_TASKS:
+        generate_split(name, "val")
+        assert used[-1] == synthetic.TASK_DOMAINS[name]
+    assert sorted(synthetic.TASK_DOMAINS) == sorted(SYNTHETIC_TASKS)
+    assert len(set(synthetic.DOMAINS)) == len(SYNTHETIC_TASKS)

@@ -70,3 +70,19 @@ def test_cache_is_reused_and_regenerated_for_another_version(tmp_path, monkeypat
     monkeypatch.setattr(scenes, "SCENES_VERSION", scenes.SCENES_VERSION + 1)
     with pytest.raises(AssertionError, match="regenerated"):
         scenes.load_scenes(tmp_path, 32, seed=2)
+
+
+def test_scenes_mix_every_task_domain(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tsvmerge.data.datasets import synthetic
+
+    counts: dict[str, int] = {}
+    original = synthetic._domain_backgrounds
+
+    def spy(domain: str, rng: np.random.Generator, n: int) -> np.ndarray:
+        counts[domain] = counts.get(domain, 0) + n
+        return original(domain, rng, n)
+
+    monkeypatch.setattr(synthetic, "_domain_backgrounds", spy)
+    scenes.generate_scenes(800, seed=2)
+    assert set(counts) == set(synthetic.DOMAINS) and sum(counts.values()) == 800
+    assert min(counts.values()) >= 60  # about 100 each

@@ -66,7 +66,7 @@ def test_errors(world: World, tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert run_eval_single_task(_args(world, tmp_path, "standard", "--datasets", "Nope")) == 2
     assert "Unknown dataset 'Nope'" in capsys.readouterr().err
     assert run_eval_single_task(["--model", "nope", "--datasets", "MNIST"]) == 2
-    assert "available: demo, demo_wide, ViT-B-16, ViT-B-32, ViT-L-14" in capsys.readouterr().err
+    assert "available: demo, ViT-B-16, ViT-B-32, ViT-L-14" in capsys.readouterr().err
     empty = tmp_path / "empty"
     assert run_eval_single_task(_args(world, tmp_path, "standard", "--datasets", "MNIST", "--model-location",
                                       str(empty))) == 2

@@ -229,9 +229,10 @@ class DemoSchema:
     quick: bool = _key(False, "reduced run: 4 tasks, short pre-training and fine-tuning")
     seed: int = _key(0, "seed of the pre-training (initial weights, scenes, batches) and of the fine-tuning runs")
     pretrain_steps: Optional[int] = _key(None, "contrastive pre-training steps (null: 600; quick: 60)", minimum=1)
-    pretrain_pool: str = _key("tasks", "pre-training images: 'tasks' (the tasks' pretrain split, captioned with "
-                                       "their templates) or 'scenes' (captioned synthetic scenes, a separate "
-                                       "distribution: src/tsvmerge/data/datasets/synthetic_scenes.py)")
+    pretrain_pool: str = _key("scenes", "pre-training images: 'scenes' (captioned synthetic scenes, a separate "
+                                        "distribution: src/tsvmerge/data/datasets/synthetic_scenes.py) or 'tasks' "
+                                        "(the tasks' pretrain split, captioned with their templates: zero-shot "
+                                        "starts close to fine-tuned)")
     finetune_epochs: Optional[int] = _key(None, "epochs per task (null: the model config's)", minimum=1)
     finetune_max_steps: Optional[int] = _key(None, "cap on optimizer steps per task (quick: 20)", minimum=1)
     n_eval_points: Optional[int] = _key(None, "α grid points (null: 31; quick: 6)", minimum=2)

@@ -27,7 +27,7 @@ from ..config.flags import quote
 from ..config.schema import DemoSchema
 from ..config.settings import model_spec
 from ..data import task_list
-from ..data.datasets.synthetic import generate_all
+from ..data.datasets.synthetic import GENERATOR_VERSION, generate_all
 from ..data.datasets.synthetic_scenes import SCENES_VERSION
 from .pretrain import PretrainSettings, pretrain_clip
 from .summary import summarize, summary_markdown, write_summary
@@ -271,7 +271,7 @@ def _settings_stamp(plan: DemoPlan, spec: Any, pretrained: Path) -> dict[str, An
     """What the demo checkpoints under ``<model_location>/<model>`` depend on (besides the task data, versioned by
     their own cache): the pre-trained weights file and the settings of its pre-training and of the fine-tuning."""
     stamp = {"pretrained": str(pretrained), "pretrain": dataclasses.asdict(plan.pretrain),
-             "scenes_version": SCENES_VERSION, "arch": spec.arch,
+             "scenes_version": SCENES_VERSION, "tasks_version": GENERATOR_VERSION, "arch": spec.arch,
              "open_clip_config": spec.open_clip_config, "finetuning": spec.finetuning, "seed": plan.seed,
              "finetune_epochs": plan.finetune_epochs, "finetune_max_steps": plan.finetune_max_steps}
     return json.loads(json.dumps(stamp, sort_keys=True, default=str))

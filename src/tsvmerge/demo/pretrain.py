@@ -1,14 +1,17 @@
-"""Contrastive pre-training of the demo's tiny CLIP on image-caption pairs of every synthetic domain.
+"""Contrastive pre-training of the demo's tiny CLIP on captioned images.
 
 The real setting starts from a CLIP that has seen a broad distribution of images and captions, so that (i) zero-shot
 heads built from its text tower are better than chance on every task and (ii) all fine-tuned models share one
-pre-trained starting point whose features are already useful. The demo reproduces both with a short CLIP run on the
-``pretrain`` split of the synthetic tasks (disjoint from the tasks' train / val / test splits): each image is paired
-with a caption made from one of its task's prompt templates and its class name.
+pre-trained starting point whose features are already useful. The demo reproduces both with a short CLIP run on
+captioned synthetic scenes (``pool="scenes"``, the default: :mod:`tsvmerge.data.datasets.synthetic_scenes`), which
+combine the tasks' concepts over every task's visual domain but are never the tasks' own images or prompts, so that
+zero-shot is far from fine-tuned, as for a real CLIP. ``pool="tasks"`` pre-trains on the tasks' own ``pretrain``
+split (disjoint from their train / val / test splits) captioned with their prompt templates: zero-shot then starts
+close to fine-tuned, and merging has little to show.
 
-Captions repeat within a batch (80 classes), so the InfoNCE targets are soft: an image's positives are every caption
-of the same task and class in the batch (and vice versa), instead of CLIP's diagonal, which would push apart
-identical captions.
+Captions repeat within a batch, so the InfoNCE targets are soft: an image's positives are every pair with the same
+caption (tasks pool: the same task and class) in the batch, and vice versa, instead of CLIP's diagonal, which would
+push apart identical captions.
 """
 
 from __future__ import annotations
@@ -48,10 +51,11 @@ class PretrainSettings:
     weight_decay: float = 0.1
     warmup_steps: int = 30
     seed: int = 0
-    #: "tasks": the tasks' own ``pretrain`` split captioned with their prompt templates (zero-shot close to
-    #: fine-tuned); "scenes": captioned synthetic scenes, a distribution separate from the tasks' images
-    #: (tsvmerge.data.datasets.synthetic_scenes: zero-shot far from fine-tuned, as for a real CLIP).
-    pool: str = "tasks"
+    #: "scenes": captioned synthetic scenes, a distribution separate from the tasks' images
+    #: (tsvmerge.data.datasets.synthetic_scenes: zero-shot far from fine-tuned, as for a real CLIP); "tasks": the
+    #: tasks' own ``pretrain`` split captioned with their prompt templates (zero-shot close to fine-tuned: no
+    #: headroom for merging to show anything).
+    pool: str = "scenes"
     scenes: int = 8000
 
 
