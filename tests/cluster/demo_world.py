@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from omegaconf import OmegaConf
+
 from tests.evaluation.world import perturbed_image_encoder
 from tsvmerge.checkpoints import finetuned_checkpoint_path, head_path, zeroshot_checkpoint_path
 from tsvmerge.checkpoints.state_dict import save_state_dict
@@ -27,12 +29,9 @@ from tsvmerge.models.heads import save_classification_head
 from tsvmerge.models.zeroshot_heads import build_zeroshot_head
 
 MODEL = "demo"
-#: The demo model's architecture, as config/model/demo.yaml gives it.
-OPEN_CLIP_CONFIG = {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 32, "layers": 4, "width": 64, "patch_size": 8, "head_width": 32, "mlp_ratio": 4},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
+#: The demo model's architecture, read from config/model/demo.yaml (main.py builds the model from that file).
+OPEN_CLIP_CONFIG = OmegaConf.to_container(
+    OmegaConf.load(Path(__file__).resolve().parents[2] / "config" / "model" / "demo.yaml").open_clip_config)
 FT_TEST, FT_VAL = 0.8, 0.5
 
 

@@ -235,7 +235,8 @@ class DemoSchema:
                                         "starts close to fine-tuned)")
     finetune_epochs: Optional[int] = _key(None, "epochs per task (null: the model config's)", minimum=1)
     finetune_max_steps: Optional[int] = _key(None, "cap on optimizer steps per task (quick: 20)", minimum=1)
-    n_eval_points: Optional[int] = _key(None, "α grid points (null: 31; quick: 6)", minimum=2)
+    n_eval_points: Optional[int] = _key(None, "α grid points (null: 11, i.e. steps of 0.1 on Task Arithmetic's "
+                                              "[0, 1] and 0.3 on TSV-M's [0, 3]; quick: 6)", minimum=2)
     data_location: str = _key("data", "where the synthetic tasks are generated")
     model_location: str = _key("models/checkpoints", "pre-trained and fine-tuned demo checkpoints")
     results_dir: str = _key("results/demo", "accuracy files, result files, table and chart")

@@ -67,7 +67,7 @@ class DemoPlan:
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
     finetune_epochs: int | None = None  # None: the model config's epochs per task
     finetune_max_steps: int | None = None
-    n_eval_points: int = 31
+    n_eval_points: int = 11
     seed: int = 0
     force: bool = False
     progress: bool = True
@@ -116,7 +116,7 @@ def demo_plan(cfg: Any, source: ConfigSource) -> DemoPlan:
                                   pool=values["pretrain_pool"]),
         finetune_epochs=values["finetune_epochs"],
         finetune_max_steps=values["finetune_max_steps"] or (20 if quick else None),
-        n_eval_points=values["n_eval_points"] or (6 if quick else 31), seed=values["seed"], force=values["force"],
+        n_eval_points=values["n_eval_points"] or (6 if quick else 11), seed=values["seed"], force=values["force"],
         progress=values["progress"],
     )
 
