@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         Flag("quick", ("--quick",), "true"), Flag("seed", ("--seed",)), Flag("pretrain_steps", ("--pretrain-steps",)),
         Flag("pretrain_pool", ("--pretrain-pool",)),
         Flag("finetune_epochs", ("--finetune-epochs",)), Flag("finetune_max_steps", ("--finetune-max-steps",)),
+        Flag("finetune_parallel", ("--finetune-parallel",)),
         Flag("n_eval_points", ("--n-eval-points",)), Flag("data_location", ("--data-location",)),
         Flag("model_location", ("--model-location",)), Flag("results_dir", ("--results-dir",)),
         Flag("pretrained", ("--pretrained",)), Flag("force", ("--force",), "true"),

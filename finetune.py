@@ -3,6 +3,7 @@
 
     python finetune.py --model=ViT-B-32                               # every task, one process
     python finetune.py --model=ViT-B-32 --world-size=2                # 2 local processes (DDP)
+    python finetune.py --model=ViT-B-32 --task-parallel=4             # 4 tasks at once, one GPU each
     python finetune.py --model=ViT-B-32 --train-dataset=MNIST,Cars --epochs=1
     python finetune.py --model=ViT-B-32 lr=2e-5 seed=1                # plain overrides of config/finetune.yaml
     torchrun --nproc_per_node=8 --nnodes=2 ... finetune.py --model=ViT-L-14   # multi-node
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         Flag("max_steps", ("--max-steps",)), Flag("model_location", ("--model-location",)),
         Flag("data_location", ("--data-location",)), Flag("results_dir", ("--results-dir",)),
         Flag("device", ("--device",)), Flag("precision", ("--precision",)), Flag("num_workers", ("--num-workers",)),
-        Flag("world_size", ("--world-size",)), Flag("port", ("--port",)), Flag("dist_timeout", ("--dist-timeout",)),
+        Flag("world_size", ("--world-size",)), Flag("task_parallel", ("--task-parallel",)),
+        Flag("port", ("--port",)), Flag("dist_timeout", ("--dist-timeout",)),
         Flag("augment", ("--no-augment",), "false",
              "train on the evaluation preprocess instead of open_clip's RandomResizedCrop(scale=(0.9, 1))"),
         Flag("evaluate", ("--no-eval",), "false", "skip the test / validation evaluation after fine-tuning"),

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from omegaconf import OmegaConf
 
 from tests.evaluation.world import perturbed_image_encoder

@@ -121,6 +121,39 @@ def test_two_spawned_ranks_train_like_one_process(ft_world: World, reference: Pa
     assert payload["datasets"] == DATASETS and 0.0 <= payload["test"]["avg_top1"] <= 1.0
 
 
+def test_task_parallel_trains_each_task_like_one_process(ft_world: World, reference: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """``--task-parallel 2``: each task in its own spawned process gives the checkpoints of the sequential run, and
+    the parent records every accuracy in one file and prints one table."""
+    assert run_finetune(finetune_args(ft_world, tmp_path, "--task-parallel", "2")) == 0
+    pids = set()
+    for d in DATASETS:
+        record = run_record(tmp_path, d)
+        assert record["world_size"] == 1 and record["steps"] == 4
+        pids.add(record["ranks"][0]["pid"])
+        assert_trained(tmp_path, d)
+        assert_same_training(load_checkpoint(tmp_path, d), load_checkpoint(reference, d))
+    assert len(pids) == 2 and os.getpid() not in pids  # one process per task, not this one
+    accuracy_file = Path("results") / "single_task" / MODEL / "nonlinear_ft_accuracies.json"
+    got = json.loads((tmp_path / accuracy_file).read_text())
+    want = json.loads((reference / accuracy_file).read_text())
+    assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 1e-9 for k in want)
+    out = capsys.readouterr().out
+    assert "in 2 processes: MNIST; EuroSAT" in out and out.count("dataset ") == 1  # one table
+
+
+def test_task_groups_deal_tasks_round_robin() -> None:
+    assert run.task_groups(["a", "b", "c", "d", "e"], 2) == [("a", "c", "e"), ("b", "d")]
+    assert run.task_groups(["a", "b"], 4) == [("a",), ("b",)]
+    assert run.task_groups(["a"], 1) == [("a",)]
+
+
+def test_task_parallel_with_several_ranks_per_task_is_refused(ft_world: World, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    assert run_finetune(finetune_args(ft_world, tmp_path, "--task-parallel", "2", "--world-size", "2")) != 0
+    assert "cannot be combined with 2 processes per task" in capsys.readouterr().err
+
+
 def test_torchrun_two_ranks_with_accumulation(ft_world: World, reference: Path, tmp_path: Path) -> None:
     """``torchrun --standalone --nproc_per_node=2``: 1 image per rank per pass, 3 accumulated passes (DDP
     ``no_sync``) = the 1-process run with batch 6."""

@@ -178,6 +178,8 @@ class FinetuneSchema:
     precision: Precision = _key(Precision.bf16, "autocast dtype on CUDA (fp32: no autocast); CPU runs fp32")
     num_workers: Optional[int] = _key(None, "DataLoader workers per process (null: min(8, CPUs))", minimum=0)
     world_size: int = _key(1, "local processes (one per GPU); ignored under torchrun", minimum=1)
+    task_parallel: int = _key(1, "tasks fine-tuned side by side, one process each (CPU: the cores shared "
+                                 "out; CUDA: one GPU each); not with world_size > 1", minimum=1)
     port: Optional[int] = _key(None, "rendezvous port of world_size > 1 runs (null: a free port)")
     dist_timeout: float = _key(30.0, "minutes a collective may wait for the other ranks")
     augment: bool = _key(True, "open_clip's RandomResizedCrop(scale=(0.9, 1)) on training images")
@@ -235,6 +237,8 @@ class DemoSchema:
                                         "starts close to fine-tuned)")
     finetune_epochs: Optional[int] = _key(None, "epochs per task (null: the model config's)", minimum=1)
     finetune_max_steps: Optional[int] = _key(None, "cap on optimizer steps per task (quick: 20)", minimum=1)
+    finetune_parallel: int = _key(2, "tasks fine-tuned side by side, one process each (finetune.py "
+                                     "--task-parallel)", minimum=1)
     n_eval_points: Optional[int] = _key(None, "α grid points (null: 11, i.e. steps of 0.1 on Task Arithmetic's "
                                               "[0, 1] and 0.3 on TSV-M's [0, 3]; quick: 6)", minimum=2)
     data_location: str = _key("data", "where the synthetic tasks are generated")

@@ -25,6 +25,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,8 @@ from .evaluation import evaluate_task
 from .loop import Classifier, TrainSettings, train, trainable_parameters
 from .protocol import Hyperparameters, default_epochs
 
-__all__ = ["FinetuneConfig", "TaskResult", "preflight", "run_finetuning", "run_worker", "train_preprocess",
-           "weights_fingerprint"]
+__all__ = ["FinetuneConfig", "TaskResult", "preflight", "run_finetuning", "run_task_parallel", "run_worker",
+           "task_groups", "train_preprocess", "weights_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,9 @@ class FinetuneConfig:
     log_every: int = 10
     progress: bool = True
     world_size: int = 1
+    #: tasks fine-tuned at once, each group of tasks in its own process (CPU: the cores shared out; CUDA: one GPU per
+    #: process). A task's result does not depend on it, up to float rounding of the thread count.
+    task_parallel: int = 1
     port: int | None = None
     timeout_minutes: float = 30.0
     wandb: WandbSettings = field(default_factory=WandbSettings)
@@ -129,6 +133,11 @@ class FinetuneConfig:
             problems.append(str(exc))
         if not self.tasks:
             problems.append("no task to fine-tune")
+        if self.task_parallel < 1:
+            problems.append(f"--task-parallel must be >= 1, got {self.task_parallel}")
+        elif self.task_parallel > 1 and processes > 1:
+            problems.append(f"--task-parallel={self.task_parallel} runs whole tasks side by side, one process each; "
+                            f"it cannot be combined with {processes} processes per task (--world-size / torchrun)")
         for d in self.tasks:
             try:
                 self.epochs_for(d)
@@ -270,7 +279,10 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def finetune_task(cfg: FinetuneConfig, ctx: DistContext, dataset: str, tracker: Tracker) -> TaskResult:
+def finetune_task(cfg: FinetuneConfig, ctx: DistContext, dataset: str, tracker: Tracker,
+                  record: bool = True) -> TaskResult:
+    """Fine-tune (and evaluate) one task; ``record``: add its accuracies to the shared accuracy file (off in the
+    processes of ``task_parallel`` runs, whose parent records them all at once)."""
     spec = cfg.model
     target = finetuned_checkpoint_path(cfg.model_location, spec.name, dataset)
     done = ctx.broadcast_object(target.is_file() if ctx.is_main else None)
@@ -334,7 +346,7 @@ def finetune_task(cfg: FinetuneConfig, ctx: DistContext, dataset: str, tracker: 
                                    "weights_sha256": weights_fingerprint(encoder)})
     seconds = time.perf_counter() - started
     if ctx.is_main:
-        if accuracies:
+        if accuracies and record:
             accuracy_path = record_accuracies(single_task_accuracy_path(cfg.results_dir, spec.name), accuracies)
             print(f"{dataset}: fine-tuned top-1 {100 * accuracies[dataset]:.2f} (test), "
                   f"{100 * accuracies[f'{dataset}Val']:.2f} (val) -> {accuracy_path}", flush=True)
@@ -386,8 +398,9 @@ def _configure_logging(ctx: DistContext, launch: Launch) -> None:
         root.setLevel(logging.WARNING)  # only rank 0 logs progress
 
 
-def run_worker(launch: Launch, cfg: FinetuneConfig) -> list[TaskResult]:
-    """One rank of the run (or the whole run with ``launch.kind == 'single'``): every task in turn."""
+def run_worker(launch: Launch, cfg: FinetuneConfig, record: bool = True) -> list[TaskResult]:
+    """One rank of the run (or the whole run with ``launch.kind == 'single'``): every task in turn. ``record``: write
+    the accuracy file and print the results table (the parent of a ``task_parallel`` run does both)."""
     if launch.kind != "single":
         install_termination_handler()
     # The CPU random stream is used (weight init of new models, seeded augmentation) and given back as it was.
@@ -401,13 +414,13 @@ def run_worker(launch: Launch, cfg: FinetuneConfig) -> list[TaskResult]:
         results = []
         try:
             for dataset in cfg.tasks:
-                results.append(finetune_task(cfg, ctx, dataset, tracker))
+                results.append(finetune_task(cfg, ctx, dataset, tracker, record))
                 if ctx.device.type == "cuda":  # the task's model, optimizer state and DDP buckets are gone
                     gc.collect()
                     torch.cuda.empty_cache()
         finally:
             tracker.finish()
-        if ctx.is_main:
+        if ctx.is_main and record:
             print(_table(cfg, results), flush=True)
     return results
 
@@ -423,6 +436,56 @@ def _table(cfg: FinetuneConfig, results: Sequence[TaskResult]) -> str:
         val = f"{100 * r.accuracies[f'{r.dataset}Val']:9.2f}" if r.accuracies else f"{'-':>9s}"
         lines.append(f"{r.dataset:16s} {test} {val} {r.steps:7d} {r.seconds:7.0f}s")
     return "\n".join(lines)
+
+
+def task_groups(tasks: Sequence[str], processes: int) -> list[tuple[str, ...]]:
+    """``tasks`` dealt round-robin to at most ``processes`` groups (neighbouring tasks of a benchmark, often of
+    similar size, land in different groups)."""
+    n = max(1, min(processes, len(tasks)))
+    return [tuple(tasks[i::n]) for i in range(n)]
+
+
+def _task_group_entry(cfg: FinetuneConfig, index: int, processes: int) -> list[TaskResult]:
+    """One process of a ``task_parallel`` run: its group of tasks, on its own GPU or its share of the CPU cores."""
+    if select_device(cfg.device).type == "cuda":
+        cfg = dataclasses.replace(cfg, device=f"cuda:{index}")
+    with limit_cpu_threads(processes):
+        return run_worker(Launch(), cfg, record=False)
+
+
+def run_task_parallel(cfg: FinetuneConfig, pending: Sequence[str]) -> list[TaskResult]:
+    """Fine-tune the ``pending`` tasks ``cfg.task_parallel`` at a time, one process per group of tasks (spawned, so
+    nothing of this process's state is shared); then record every accuracy at once and print one table.
+
+    Worth it where one task does not fill the machine: small models on a multi-core CPU (several processes with few
+    threads each outrun one process with many), or one task per GPU instead of DDP over all of them. When a task
+    fails, the other groups still finish (their checkpoints are kept and skipped by the next run) and the error is
+    raised.
+    """
+    groups = task_groups(pending, cfg.task_parallel)
+    if select_device(cfg.device).type == "cuda" and len(groups) > torch.cuda.device_count():
+        raise ConfigError(f"--task-parallel={len(groups)} processes need one GPU each, {torch.cuda.device_count()} "
+                          "are visible (or use --device=cpu)")
+    print(f"fine-tuning {len(pending)} tasks in {len(groups)} processes: "
+          + "; ".join(", ".join(group) for group in groups), flush=True)
+    context = torch.multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(len(groups), mp_context=context) as pool:
+        futures = [pool.submit(_task_group_entry, dataclasses.replace(cfg, tasks=group, progress=False), index,
+                               len(groups)) for index, group in enumerate(groups)]
+        errors = [future.exception() for future in futures]
+    failed = [error for error in errors if error is not None]
+    if failed:
+        raise failed[0]
+    done = {result.dataset: result for future in futures for result in future.result()}
+    spec = cfg.model
+    results = [done.get(d) or TaskResult(d, True, finetuned_checkpoint_path(cfg.model_location, spec.name, d))
+               for d in cfg.tasks]
+    accuracies = {key: value for result in results for key, value in result.accuracies.items()}
+    if accuracies:
+        path = record_accuracies(single_task_accuracy_path(cfg.results_dir, spec.name), accuracies)
+        print(f"fine-tuned accuracies -> {path}", flush=True)
+    print(_table(cfg, results), flush=True)
+    return results
 
 
 def run_finetuning(cfg: FinetuneConfig, environ: dict[str, str] | None = None) -> list[TaskResult] | None:
@@ -444,6 +507,8 @@ def run_finetuning(cfg: FinetuneConfig, environ: dict[str, str] | None = None) -
         raise ConfigError(f"--world-size={cfg.world_size} processes need as many GPUs, {torch.cuda.device_count()} "
                           "are visible (or use --device=cpu)")
     pending = preflight(cfg)
+    if cfg.task_parallel > 1 and len(pending) > 1:
+        return run_task_parallel(cfg, pending)
     if cfg.world_size == 1 or not pending:  # nothing to train: no need for processes
         return run_worker(Launch(), cfg)
     launch_local(run_worker, (cfg,), cfg.world_size, port=cfg.port, timeout=cfg.timeout)

@@ -57,6 +57,7 @@ def finetune_config(cfg: DictConfig) -> FinetuneConfig:
         max_steps=values["max_steps"], checkpoint_every=values["checkpoint_every"], device=str(values["device"]),
         precision=values["precision"], num_workers=values["num_workers"], augment=values["augment"],
         evaluate=values["evaluate"], eval_batch_size=values["eval_batch_size"], log_every=values["log_every"],
-        progress=values["progress"], world_size=values["world_size"], port=values["port"],
+        progress=values["progress"], world_size=values["world_size"], task_parallel=values["task_parallel"],
+        port=values["port"],
         timeout_minutes=values["dist_timeout"], wandb=wandb,
     )
