@@ -35,7 +35,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_eight_tasks() -> None:
     assert SYNTHETIC_TASKS == ("Digits", "Letters", "Shapes", "Colors", "Stripes", "Counting", "Position", "Sizes")
-    assert dict(SPLIT_SIZES) == {"train": 1000, "val": 100, "test": 500, "pretrain": 1000}
+    assert dict(SPLIT_SIZES) == {"train": 1000, "val": 200, "test": 500, "pretrain": 1000}
 
 
 def test_generation_is_deterministic_and_splits_differ() -> None:
@@ -110,7 +110,7 @@ def test_registered_with_their_own_val_split(built: Path) -> None:
         assert REGISTRY[name].has_val and list(REGISTRY[name].paths(built, "train")) == []
 
     val = get_dataset("DigitsVal", T.ToTensor(), built, num_workers=0)
-    assert len(val.train_dataset) == 1000 and len(val.test_dataset) == 100
+    assert len(val.train_dataset) == 1000 and len(val.test_dataset) == 200
     assert val.test_dataset.targets == load_split(built, "Digits", "val")[1].tolist()
     assert val.train_dataset.targets == load_split(built, "Digits", "train")[1].tolist()
     assert val.classnames == [str(i) for i in range(10)]
