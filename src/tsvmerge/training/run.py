@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -475,6 +476,10 @@ def run_task_parallel(cfg: FinetuneConfig, pending: Sequence[str]) -> list[TaskR
         errors = [future.exception() for future in futures]
     failed = [error for error in errors if error is not None]
     if failed:
+        if isinstance(failed[0], BrokenProcessPool):
+            raise RuntimeError("a fine-tuning process died without a Python error (killed, out of memory, or started "
+                               "from a script without an `if __name__ == '__main__':` guard, which spawned "
+                               "processes need)") from failed[0]
         raise failed[0]
     done = {result.dataset: result for future in futures for result in future.result()}
     spec = cfg.model
