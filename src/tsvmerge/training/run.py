@@ -448,6 +448,10 @@ def task_groups(tasks: Sequence[str], processes: int) -> list[tuple[str, ...]]:
 
 def _task_group_entry(cfg: FinetuneConfig, index: int, processes: int) -> list[TaskResult]:
     """One process of a ``task_parallel`` run: its group of tasks, on its own GPU or its share of the CPU cores."""
+    if not logging.getLogger().handlers:  # its lines say which process wrote them (run_worker keeps this format)
+        label = f"tasks {index + 1}/{processes}"
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format=f"[%(asctime)s][{label}][%(name)s][%(levelname)s] - %(message)s")
     if select_device(cfg.device).type == "cuda":
         cfg = dataclasses.replace(cfg, device=f"cuda:{index}")
     with limit_cpu_threads(processes):
