@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from tsvmerge.checkpoints.tall_mask_files import save_tall_masks
 from tsvmerge.merging import TaskVectors, build_method
 from tsvmerge.merging.engine import merge_entry_in_blocks
 from tsvmerge.merging.entry_rules import EntryRules
@@ -20,7 +22,11 @@ def _tasks(rules: EntryRules | None = None) -> TaskVectors:
 
 
 @pytest.mark.parametrize(("name", "params"), [("sum", {}), ("sum", {"k": 30}), ("average", {}),
-                                              ("ties", {"k": 20}), ("ties", {"agg": "max"}), ("TSVM", {})])
+                                              ("ties", {"k": 20}), ("ties", {"agg": "max"}), ("TSVM", {}),
+                                              ("mag_masking", {"k": 20}), ("tall_mask", {}),
+                                              ("tall_mask", {"use_ties": True}),
+                                              ("consensus", {"tall_lambda": 0.4}),
+                                              ("consensus", {"tall_lambda": 0.4, "use_ties": True})])
 def test_blocks_give_the_whole_entry_result(name: str, params: dict) -> None:
     tasks = _tasks(EntryRules("decoder_lm"))
     method = build_method(name, params)
@@ -28,10 +34,27 @@ def test_blocks_give_the_whole_entry_result(name: str, params: dict) -> None:
     entry = tasks.entry("model.embed_tokens.weight")
     assert method.elementwise_on(entry)
     assert len(entry.row_blocks(600)) > 3  # 40 rows of 6 × 4 bytes × (3 + 2): several blocks
-    whole = method.merge_entry(entry).task_vector
-    blocked = merge_entry_in_blocks(method, entry, block_bytes=600).task_vector
-    assert whole is not None and blocked is not None
-    torch.testing.assert_close(blocked, whole, rtol=0, atol=0)
+    whole = method.merge_entry(entry)
+    blocked = merge_entry_in_blocks(method, entry, block_bytes=600)
+    assert whole.task_vector is not None and blocked.task_vector is not None
+    torch.testing.assert_close(blocked.task_vector, whole.task_vector, rtol=0, atol=0)
+    assert (whole.masks is None) == (blocked.masks is None)
+    if whole.masks is not None:  # the masks of mask-producing methods are assembled from the blocks too
+        assert torch.equal(blocked.masks, whole.masks)
+
+
+def test_saved_masks_keep_the_entry_whole(tmp_path) -> None:
+    """Masks read from a file are sliced per entry, not per block: such merges do not split entries."""
+    tasks = _tasks(EntryRules("decoder_lm"))
+    total = sum(tasks.shape(key).numel() for key in tasks.keys)
+    path = tmp_path / "TALL_mask_3task.npy"
+    save_tall_masks(path, {name: np.ones(total, bool) for name in tasks.names})
+    entry = tasks.entry("model.embed_tokens.weight")
+    for name, params in [("tall_mask", {"mask_file": str(path)}), ("consensus", {"mask_file": str(path)})]:
+        method = build_method(name, params)
+        method.prepare(tasks)
+        assert not method.elementwise_on(entry)
+        assert merge_entry_in_blocks(method, entry, block_bytes=600).task_vector is not None
 
 
 def test_matrices_through_the_svd_are_never_split() -> None:

@@ -8,11 +8,8 @@ value is θ0's own (file-backed) tensor.
 from __future__ import annotations
 
 import math
-import os
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .parallel import default_workers, map_in_order
 from .registry import EntryMerge, MergeMethod, build_method
 from .task_vectors import ELEMENTWISE_BLOCK_BYTES, TaskEntry, TaskVectors, workspace_bytes
 from .tsv import LowRankFactors
@@ -71,11 +69,6 @@ class MergeResult:
             yield key, levels[task] > choice
 
 
-def default_workers(device: torch.device) -> int:
-    """Entries merged concurrently: one per CPU core (at most 8) on the CPU, one on a GPU."""
-    return 1 if device.type != "cpu" else max(1, min(8, len(os.sched_getaffinity(0))))
-
-
 def flat_task_masks(result: MergeResult, tasks: TaskVectors, choices: Sequence[int]) -> dict[str, np.ndarray]:
     """Each task's mask at its chosen mask choice, flat over every θ0 entry in sorted key order.
 
@@ -111,7 +104,7 @@ def merge(method: MergeMethod | str, tasks: TaskVectors, params: Mapping[str, An
     result = MergeResult(method=method, keys=list(tasks.keys), num_tasks=tasks.num_tasks)
     changed = (entry for entry in tasks.entries(f"merge ({method.name})", progress=progress) if entry.changed)
     cost = lambda entry: workspace_bytes(entry.shape, tasks.num_tasks)  # noqa: E731
-    for key, out in _map_in_order(lambda entry: merge_entry_in_blocks(method, entry), changed, workers, cost=cost):
+    for key, out in map_in_order(lambda entry: merge_entry_in_blocks(method, entry), changed, workers, cost=cost):
         if out.task_vector is not None:
             result.task_vector = result.task_vector or {}
             result.task_vector[key] = out.task_vector.cpu()
@@ -127,12 +120,6 @@ def merge(method: MergeMethod | str, tasks: TaskVectors, params: Mapping[str, An
         result.task_vector = {}
     result.stats = {"seconds": time.perf_counter() - started, **method.finalize(tasks)}
     return result
-
-
-#: Workspace bytes the concurrent entries of a merge may need together (estimated by ``workspace_bytes``): a new
-#: entry waits for the ones in flight when it would exceed this. ViT entries run ``workers`` at a time; an LLM's
-#: vocabulary-sized embeddings (a GiB and more of float32 task stacks each) run alone.
-WORKSPACE_BUDGET_BYTES = 2**30
 
 
 def merge_entry_in_blocks(method: MergeMethod, entry: TaskEntry,
@@ -160,44 +147,6 @@ def merge_entry_in_blocks(method: MergeMethod, entry: TaskEntry,
             masks[:, start:start + rows] = part.masks
         start += rows
     return EntryMerge(task_vector=task_vector, masks=masks)
-
-
-def _map_in_order(fn: Callable[[Any], Any], entries: Iterable[Any], workers: int,
-                  label: Callable[[Any], str] = lambda entry: entry.key,
-                  cost: Callable[[Any], int] | None = None,
-                  budget: int = WORKSPACE_BUDGET_BYTES) -> Iterator[tuple[str, Any]]:
-    """``(label(entry), fn(entry))`` in input order, computed by ``workers`` threads.
-
-    With ``cost`` (bytes an entry needs), an entry is only started while the entries in flight plus itself stay
-    within ``budget`` (or when nothing else is in flight), so that a few huge entries never run side by side.
-
-    A few more entries than workers are queued so that a large layer waiting to be yielded does not
-    idle the other workers; queued entries hold no tensors until a worker starts them, so at most
-    ``workers`` layers' task stacks are in memory at once.
-    """
-    if workers <= 1:
-        for entry in entries:
-            yield label(entry), fn(entry)
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            in_flight: deque[tuple[str, Future[EntryMerge], int]] = deque()
-            for entry in entries:
-                need = cost(entry) if cost is not None else 0
-                while in_flight and sum(c for _, _, c in in_flight) + need > budget:
-                    key, future, _ = in_flight.popleft()
-                    yield key, future.result()
-                in_flight.append((label(entry), pool.submit(fn, entry), need))
-                if len(in_flight) >= 4 * workers:
-                    key, future, _ = in_flight.popleft()
-                    yield key, future.result()
-            while in_flight:
-                key, future, _ = in_flight.popleft()
-                yield key, future.result()
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _to_cpu(value: Tensor | LowRankFactors | None) -> Tensor | LowRankFactors | None:
@@ -273,7 +222,7 @@ def stream_merged_entries(method: MergeMethod, tasks: TaskVectors, keys: Sequenc
                 for tau in entry_task_vectors(out, num_outputs, choice)]
 
     keys = tqdm(keys, desc=f"merge ({method.name})", disable=not progress, unit="entry", leave=False)
-    yield from _map_in_order(merged, keys, workers, label=lambda key: key,
+    yield from map_in_order(merged, keys, workers, label=lambda key: key,
                              cost=lambda key: workspace_bytes(tasks.shape(key), tasks.num_tasks))
 
 

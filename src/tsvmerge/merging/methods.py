@@ -17,6 +17,7 @@ from torch import Tensor
 from ..checkpoints.tall_mask_files import check_mask_file, load_tall_masks
 from .entry_rules import EntryRules
 from .interference import interference_per_block, singular_task_interference
+from .parallel import map_entries
 from .registry import EntryMerge, MaskFiles, MergeMethod, register
 from .sparsify import (
     TALL_LAMBDAS,
@@ -127,11 +128,14 @@ class Ties(MergeMethod):
         self._thresholds = task_thresholds(tasks, self.k, progress=progress)
         # Elected signs of exactly 0 take the sign of the sum of all elected signs (published rule):
         # a whole-model statistic, hence this extra pass.
-        total = 0.0
-        for entry in tasks.entries("TIES signs", progress=progress):
-            if entry.changed:
-                total += sum(float(elect_sign(_trimmed(block, self._thresholds)).sum())
-                             for block in entry.row_blocks(ELEMENTWISE_BLOCK_BYTES))
+        def sign_sum(entry: TaskEntry) -> float:
+            if not entry.changed:
+                return 0.0
+            return sum(float(elect_sign(_trimmed(block, self._thresholds)).sum())
+                       for block in entry.row_blocks(ELEMENTWISE_BLOCK_BYTES))
+
+        # Entries side by side: each sum is an integer, so the total does not depend on the order.
+        total = sum(part for _, part in map_entries(sign_sum, tasks, "TIES signs", progress=progress))
         # Sums of ±1 and 0: integer-valued, so the sum over processes is exact (and the same as in one process).
         total = float(tasks.reduce_sum(torch.tensor(total, dtype=torch.float64)))
         self._majority_sign = float(np.sign(total))
@@ -176,6 +180,9 @@ class MagnitudeMasking(MergeMethod):
         ])
         return EntryMerge(task_vector=deltas.sum(dim=0), masks=masks.to(torch.uint8))
 
+    def elementwise_on(self, entry: TaskEntry) -> bool:
+        return True  # the top-k thresholds are whole-model statistics from prepare
+
 
 @dataclass
 class _MergedForMasks(MergeMethod):
@@ -207,6 +214,11 @@ class _MergedForMasks(MergeMethod):
         self._ties = Ties(k=self.ties_k, agg=self.ties_agg) if self.use_ties else None
         if self._ties is not None:
             self._ties.prepare(tasks, progress=progress)
+
+    def elementwise_on(self, entry: TaskEntry) -> bool:
+        # Masks built here compare values one by one (TIES' statistics come from prepare); saved masks are
+        # sliced by whole entry, so an entry merged with them stays whole.
+        return self._loaded is None
 
     def _merged_tv(self, entry: TaskEntry) -> Tensor:
         if self._ties is not None:

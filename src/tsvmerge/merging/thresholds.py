@@ -14,7 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .task_vectors import ELEMENTWISE_BLOCK_BYTES, TaskVectors
+from .parallel import map_entries
+from .task_vectors import ELEMENTWISE_BLOCK_BYTES, TaskEntry, TaskVectors
 
 __all__ = ["kth_smallest_bucket", "task_thresholds"]
 
@@ -72,8 +73,9 @@ def task_thresholds(tasks: TaskVectors, k_percent: float, *, progress: bool = Fa
 
     def counted(label: str, count: Callable[[Tensor, int], Tensor]) -> Tensor:
         """One pass over this process's entries, summed over the processes; zeros counted without reading."""
-        counts = torch.zeros(T, _BUCKETS, dtype=torch.int64)
-        for entry in tasks.entries(label, progress=progress):
+
+        def entry_counts(entry: TaskEntry) -> Tensor:
+            counts = torch.zeros(T, _BUCKETS, dtype=torch.int64)
             blocks = entry.row_blocks(ELEMENTWISE_BLOCK_BYTES)  # vocabulary-sized entries: a block at a time
             for task in range(T):
                 if task in entry.changed:
@@ -81,6 +83,12 @@ def task_thresholds(tasks: TaskVectors, k_percent: float, *, progress: bool = Fa
                         counts[task] += count(block.delta(task).abs(), task).cpu()
                 else:  # τ = 0 over the whole entry
                     counts[task] += count(zero, task) * entry.pretrained.numel()
+            return counts
+
+        counts = torch.zeros(T, _BUCKETS, dtype=torch.int64)
+        # Entries are counted side by side (integer counts: the order of the sums does not matter).
+        for _, entry_count in map_entries(entry_counts, tasks, label, progress=progress):
+            counts += entry_count
         counts = tasks.reduce_sum(counts)
         for task in range(T):
             counts[task] += count(zero, task) * fixed_zeros
