@@ -230,7 +230,7 @@ class DemoSchema:
     analyses: List[str] = _key([], "analyses run after the merges (docs/analysis.md)")
     quick: bool = _key(False, "reduced run: 4 tasks, short pre-training and fine-tuning")
     seed: int = _key(0, "seed of the pre-training (initial weights, scenes, batches) and of the fine-tuning runs")
-    pretrain_steps: Optional[int] = _key(None, "contrastive pre-training steps (null: 600; quick: 60)", minimum=1)
+    pretrain_steps: Optional[int] = _key(None, "contrastive pre-training steps (null: 1200; quick: 60)", minimum=1)
     pretrain_pool: str = _key("scenes", "pre-training images: 'scenes' (captioned synthetic scenes, a separate "
                                         "distribution: src/tsvmerge/data/datasets/synthetic_scenes.py) or 'tasks' "
                                         "(the tasks' pretrain split, captioned with their templates: zero-shot "

@@ -49,7 +49,7 @@ PRETRAIN_POOLS = ("scenes", "tasks")
 class PretrainSettings:
     """A short CLIP run: AdamW, cosine schedule with linear warm-up, batches mixing every domain."""
 
-    steps: int = 600
+    steps: int = 1200
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.1
