@@ -19,6 +19,7 @@ import contextlib
 import importlib
 import math
 import re
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -74,7 +75,7 @@ def _parse_assignments(items: Sequence[str]) -> dict[str, str]:
     return params
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -116,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     download = sub.add_parser("download", help="fetch what main.py needs into the layouts it reads",
                               description="Fetch published files into the layouts main.py reads.")
     what = download.add_subparsers(dest="what", required=True)
-    for name in DOWNLOAD_COMMANDS:
+    # The download commands' modules import the dataset registry (and torchvision, seconds of start-up): they are
+    # built only when ``command`` is ``download`` or unknown, so that a merge starts without them.
+    for name in DOWNLOAD_COMMANDS if command in (None, "download") else ():
         importlib.import_module(f"{__package__}.download.{name}").add_parser(what)
 
     from .doctor import add_parser as add_doctor_parser
@@ -134,7 +137,9 @@ def _command_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     if args.command == "methods":
         for name in available_methods():
             params = ", ".join(f"{k}={v!r}" for k, v in method_parameters(name).items()) or "-"

@@ -218,8 +218,10 @@ def stream_merged_entries(method: MergeMethod, tasks: TaskVectors, keys: Sequenc
             return [base] * num_outputs
         entry = tasks.entry(key)
         out = merge_entry_in_blocks(method, entry) if entry.changed else None
-        return [apply_entry(entry.pretrained, tau, alpha, key, dtype=dtype)
-                for tau in entry_task_vectors(out, num_outputs, choice)]
+        taus = entry_task_vectors(out, num_outputs, choice)
+        # A merge's outputs are tensors of its own: each one not shared between outputs becomes θ0 + α·τ in place.
+        distinct = len({id(tau) for tau in taus}) == len(taus)
+        return [apply_entry(entry.pretrained, tau, alpha, key, dtype=dtype, inplace=distinct) for tau in taus]
 
     keys = tqdm(keys, desc=f"merge ({method.name})", disable=not progress, unit="entry", leave=False)
     yield from map_in_order(merged, keys, workers, label=lambda key: key,

@@ -80,7 +80,14 @@ class _TopKSum(MergeMethod):
         self._thresholds = task_thresholds(tasks, self.k, progress=progress)
 
     def _sum(self, entry: TaskEntry) -> Tensor:
-        return _trimmed(entry, self._thresholds).sum(dim=0)
+        """Σ of the trimmed task vectors, accumulated task by task: no [T, ...] stack is built."""
+        base = entry.pretrained.to(entry.device, torch.float32)
+        total: Tensor | None = None
+        for finetuned, threshold in zip(entry.finetuned, self._thresholds, strict=True):
+            delta = keep_top(finetuned.to(entry.device, torch.float32, copy=True).sub_(base), threshold)
+            total = delta if total is None else total.add_(delta)
+        assert total is not None  # a TaskVectors has at least one fine-tuned checkpoint
+        return total
 
 
 @register
