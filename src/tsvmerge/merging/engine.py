@@ -219,8 +219,10 @@ def stream_merged_entries(method: MergeMethod, tasks: TaskVectors, keys: Sequenc
         entry = tasks.entry(key)
         out = merge_entry_in_blocks(method, entry) if entry.changed else None
         taus = entry_task_vectors(out, num_outputs, choice)
-        # A merge's outputs are tensors of its own: each one not shared between outputs becomes θ0 + α·τ in place.
-        distinct = len({id(tau) for tau in taus}) == len(taus)
+        # A merge's outputs are tensors of its own: each one not shared between outputs becomes θ0 + α·τ in place
+        # (None is θ0's own entry, never written to).
+        present = [id(tau) for tau in taus if tau is not None]
+        distinct = len(set(present)) == len(present)
         return [apply_entry(entry.pretrained, tau, alpha, key, dtype=dtype, inplace=distinct) for tau in taus]
 
     keys = tqdm(keys, desc=f"merge ({method.name})", disable=not progress, unit="entry", leave=False)

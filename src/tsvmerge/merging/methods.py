@@ -81,11 +81,10 @@ class _TopKSum(MergeMethod):
 
     def _sum(self, entry: TaskEntry) -> Tensor:
         """Σ of the trimmed task vectors, accumulated task by task: no [T, ...] stack is built."""
-        base = entry.pretrained.to(entry.device, torch.float32)
         total: Tensor | None = None
-        for finetuned, threshold in zip(entry.finetuned, self._thresholds, strict=True):
-            delta = keep_top(finetuned.to(entry.device, torch.float32, copy=True).sub_(base), threshold)
-            total = delta if total is None else total.add_(delta)
+        for delta, threshold in zip(entry.each_delta(), self._thresholds, strict=True):
+            trimmed = keep_top(delta, threshold)
+            total = trimmed if total is None else total.add_(trimmed)
         assert total is not None  # a TaskVectors has at least one fine-tuned checkpoint
         return total
 

@@ -75,6 +75,13 @@ class TaskEntry:
         base = self.pretrained.to(self.device, torch.float32)
         return self.finetuned[task].to(self.device, torch.float32) - base
 
+    def each_delta(self) -> Iterator[Tensor]:
+        """τ_1, ..., τ_T one at a time, each a fresh float32 tensor on the compute device (θ0 converted once): for
+        methods that fold the tasks together without needing the [T, ...] stack of :meth:`deltas`."""
+        base = self.pretrained.to(self.device, torch.float32)
+        for finetuned in self.finetuned:
+            yield finetuned.to(self.device, torch.float32, copy=True).sub_(base)
+
     def deltas(self, tasks: Sequence[int] | None = None) -> Tensor:
         """Stack [len(tasks), *shape] of task vectors (all tasks by default)."""
         tasks = range(self.num_tasks) if tasks is None else tasks
