@@ -29,7 +29,15 @@ import torch
 
 from .checkpoints import open_state_dict, save_state_dict
 from .checkpoints.hf_folder import HFModelFolder, is_weight_file, model_files
-from .checkpoints.paths import OutputPathError, atomic_directory, check_output_path, same_file
+from .checkpoints.output_folders import (
+    MANIFEST_NAME,
+    OutputRecord,
+    check_output_folder,
+    input_identity,
+    owned_directory,
+    remove_stale_temporaries,
+)
+from .checkpoints.paths import OutputPathError, check_output_path, same_file
 from .checkpoints.sharded import parse_size
 from .checkpoints.sources import resolve_source
 from .checkpoints.tall_mask_files import save_tall_masks
@@ -46,7 +54,7 @@ from .merging import (
     method_parameters,
 )
 from .merging.collective import Collective, ProcessGroupCollective, SingleProcess
-from .merging.entry_rules import rules_for
+from .merging.entry_rules import check_rules_match, rules_for
 from .merging.svd import SVD_MODES
 from .utils.device import activate_device, resolve_device
 from .utils.entry_point import checkpoint_errors, run_main
@@ -58,7 +66,7 @@ if TYPE_CHECKING:
 PROG = "tsvmerge"
 STATE_DICT_SUFFIXES = {".pt", ".safetensors", ".pth", ".bin"}
 _TASK_FILE = re.compile(r"task\d+\.pt")
-_TASK_FOLDER = re.compile(r"task\d+")
+_IN_TASK_FOLDER = re.compile(r"task\d+/(?P<name>[^/]+)")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: The sub-commands of ``tsvmerge download``: modules of :mod:`tsvmerge.download`, each exposing
 #: ``add_parser(subparsers)``, which registers the sub-command with ``set_defaults(run=<function(args) -> int>)``.
@@ -140,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
+    args.argv = [PROG, *argv]
     if args.command == "methods":
         for name in available_methods():
             params = ", ".join(f"{k}={v!r}" for k, v in method_parameters(name).items()) or "-"
@@ -160,14 +169,19 @@ def _build_method(args: argparse.Namespace, choice: MethodChoice) -> MergeMethod
     return build_method(choice.name, choice.params).for_benchmark(None, len(args.finetuned))
 
 
-def _entry_rule_overrides(args: argparse.Namespace, choice: MethodChoice) -> tuple[str | None, str | None]:
+def _entry_rule_overrides(args: argparse.Namespace, choice: MethodChoice,
+                          method: MergeMethod) -> tuple[str | None, str | None]:
     """``--svd-keys`` / ``--average-keys``, or the same given as method settings (``--set svd_keys=...``)."""
     overrides = []
     for flag, given, configured in (("--svd-keys", args.svd_keys, choice.svd_keys),
                                     ("--average-keys", args.average_keys, choice.average_keys)):
         if given is not None and configured is not None:
             raise ValueError(f"{flag} and --set {flag[2:].replace('-', '_')}=... both given; give one")
-        overrides.append(given if given is not None else configured)
+        value = given if given is not None else configured
+        if value is not None and not method.uses_entry_rules:
+            raise ValueError(f"{flag} applies to the SVD-based methods (which choose the matrices they decompose); "
+                             f"{method.name!r} does not use it")
+        overrides.append(value)
     return overrides[0], overrides[1]
 
 
@@ -222,7 +236,8 @@ def _check_inputs(pretrained: Path, finetuned: list[Path]) -> list[Path]:
 
 
 def _check_outputs(args: argparse.Namespace, method: MergeMethod, inputs: list[Path], folder_base: bool) -> None:
-    """Every output path is writable, harms no input and no other output; done before the merge starts."""
+    """Every output path is writable, harms no input, no other output and no file tsvmerge did not write; done
+    before the merge starts."""
     if folder_base:
         if args.out.suffix in STATE_DICT_SUFFIXES:
             raise OutputPathError(f"θ0 is a model folder, so the merged model is one too: --out must be a folder, "
@@ -230,25 +245,42 @@ def _check_outputs(args: argparse.Namespace, method: MergeMethod, inputs: list[P
         if args.save_masks is not None or args.sti_out is not None or args.report_sti:
             raise ValueError("--save-masks / --report-sti apply to state-dict files, not model-folder merges")
         base_files = {path.name for path in model_files(inputs[0])}
-        replaceable = ((lambda name: _TASK_FOLDER.fullmatch(name) is not None) if method.task_specific
-                       else (lambda name: is_weight_file(name) or name in base_files))
-        check_output_path(args.out, label="--out", inputs=inputs, folder=True, replaceable=replaceable)
+
+        def model_file(name: str) -> bool:
+            return is_weight_file(name) or name in base_files or name == MANIFEST_NAME
+
+        def may_write(name: str) -> bool:
+            if not method.task_specific:
+                return model_file(name)
+            inside = _IN_TASK_FOLDER.fullmatch(name)
+            return name == MANIFEST_NAME or (inside is not None and model_file(inside["name"]))
+
+        check_output_path(args.out, label="--out", inputs=inputs, folder=True)
+        check_output_folder(args.out, may_write=may_write)
         return
     if args.max_shard_size is not None:
         raise ValueError("--max-shard-size applies to model-folder outputs (θ0 given as a model folder or hub id)")
     if method.task_specific and args.out.suffix in STATE_DICT_SUFFIXES:
         raise OutputPathError(f"{method.name} gives one model per task: --out must be a folder, not {args.out}")
-    check_output_path(args.out, label="--out", inputs=inputs, folder=method.task_specific,
-                      replaceable=lambda name: _TASK_FILE.fullmatch(name) is not None)
+    check_output_path(args.out, label="--out", inputs=inputs, folder=method.task_specific)
+    if method.task_specific:
+        check_output_folder(args.out, may_write=lambda name: bool(_TASK_FILE.fullmatch(name)) or name == MANIFEST_NAME)
     written = [args.out]
     for label, path in (("--save-masks", args.save_masks), ("--sti-out", args.sti_out)):
         if path is None:
             continue
         if method.task_specific and args.out.resolve() in path.resolve().parents:
-            raise OutputPathError(f"{label} {str(path)!r} lies inside the --out folder, which is replaced as a "
+            raise OutputPathError(f"{label} {str(path)!r} lies inside the --out folder, which tsvmerge manages as a "
                                   "whole; write it elsewhere")
         check_output_path(path, label=label, inputs=[*inputs, *written])
         written.append(path)
+
+
+def _record(args: argparse.Namespace, inputs: list[Path]) -> OutputRecord:
+    """What the output folders' manifests say about this run: its command line and its inputs."""
+    arguments = [args.pretrained, *args.finetuned]
+    return OutputRecord(command=args.argv, inputs=[input_identity(arg, path) for arg, path in zip(arguments, inputs,
+                                                                                                   strict=True)])
 
 
 # ------------------------------------------------------------------------------------------------- the merge
@@ -275,7 +307,7 @@ def _open(path: Path):
 def _merge(args: argparse.Namespace) -> int:
     choice = _method_choice(args)
     method = _build_method(args, choice)
-    svd_keys, average_keys = _entry_rule_overrides(args, choice)
+    svd_keys, average_keys = _entry_rule_overrides(args, choice, method)
     _check_options(args, method)
     dtype = DTYPES[args.dtype] if args.dtype else None
     max_shard_bytes = parse_size(args.max_shard_size or "5GB")
@@ -292,6 +324,9 @@ def _merge(args: argparse.Namespace) -> int:
         finetuned = [_open(path) for path in inputs[1:]]
         config = pretrained.config if isinstance(pretrained, HFModelFolder) else None
         rules = rules_for(pretrained, config, svd_keys=svd_keys, average_keys=average_keys)
+        check_rules_match(rules, {key: pretrained.shape(key) for key in pretrained})
+        if collective.rank == 0 and (folder_base or method.task_specific):
+            remove_stale_temporaries(args.out)
         if folder_base:
             assert isinstance(pretrained, HFModelFolder)
             tasks = _folder_tasks(pretrained, finetuned, args, device, rules, collective)
@@ -299,12 +334,12 @@ def _merge(args: argparse.Namespace) -> int:
             written = write_merged_folders(
                 method, tasks, pretrained, args.out, alpha=args.alpha, dtype=dtype, max_shard_bytes=max_shard_bytes,
                 choice=_mask_choice(method.mask_labels(), args.tall_lambda, method.name),
-                progress=not args.quiet and collective.rank == 0)
+                progress=not args.quiet and collective.rank == 0, record=_record(args, inputs))
             stats = {"seconds": time.perf_counter() - started, **method.finalize(tasks)}
         else:
             tasks = TaskVectors(pretrained, finetuned, names=args.names, device=device, rules=rules)
             result = merge(method, tasks, progress=not args.quiet)
-            written = _write_outputs(args, result, pretrained, tasks, dtype)
+            written = _write_outputs(args, result, pretrained, tasks, dtype, _record(args, inputs))
             stats = result.stats
     if collective.rank != 0:
         return 0
@@ -360,7 +395,7 @@ def _cast(state: dict, dtype: torch.dtype | None) -> dict:
 
 
 def _write_outputs(args: argparse.Namespace, result, pretrained, tasks: TaskVectors,
-                   dtype: torch.dtype | None = None) -> list[Path]:
+                   dtype: torch.dtype | None = None, record: OutputRecord | None = None) -> list[Path]:
     """The merged model, or the folder of per-task models (complete or absent, never half-written)."""
     if not result.method.task_specific:
         merged = apply_task_vector(pretrained, result.task_vector, args.alpha, inplace=True)
@@ -368,7 +403,8 @@ def _write_outputs(args: argparse.Namespace, result, pretrained, tasks: TaskVect
         return [args.out]
     choice = _mask_choice(result.mask_labels, args.tall_lambda, result.method.name)
     written = []
-    with atomic_directory(args.out) as folder:
+    planned = [f"task{task}.pt" for task in range(tasks.num_tasks)]
+    with owned_directory(args.out, record or OutputRecord(), planned) as folder:
         for task in range(tasks.num_tasks):
             merged = apply_task_vector(pretrained, result.task_specific_vector(task, choice), args.alpha,
                                        inplace=True)

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints.hf_folder import HFModelFolder
-from .checkpoints.paths import atomic_directory
+from .checkpoints.hf_folder import SAFETENSORS_INDEX, HFModelFolder, model_files
+from .checkpoints.output_folders import MANIFEST_NAME, OutputRecord, owned_directory
 from .checkpoints.safetensors_stream import SafetensorsStreamWriter
 from .checkpoints.sharded import ShardPlan, copy_model_files, plan_shards, write_index
 from .merging.engine import stream_merged_entries
 from .merging.registry import MergeMethod
 from .merging.task_vectors import TaskVectors
 
-__all__ = ["output_folders", "plan_for", "tied_entries", "write_merged_folders"]
+__all__ = ["output_folders", "plan_for", "planned_files", "tied_entries", "write_merged_folders"]
 
 _INPUT_EMBEDDING = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings|embed_in)\.weight$")
 _OUTPUT_HEAD = re.compile(r"(^|\.)(lm_head|embed_out)\.weight$")
@@ -66,17 +66,30 @@ def plan_for(tasks: TaskVectors, max_shard_bytes: int, dtype: torch.dtype | None
     return plan_shards(sizes, max_shard_bytes, tasks.collective.world_size, groups)
 
 
+def planned_files(plan: ShardPlan, base: HFModelFolder, subfolders: Sequence[str]) -> list[str]:
+    """Every file the merge writes below ``--out`` (relative paths): what its manifest will claim."""
+    names = [*plan.names, *([SAFETENSORS_INDEX] if len(plan.shards) > 1 else []),
+             *(path.name for path in model_files(base.path))]
+    files = []
+    for sub in subfolders:
+        prefix = "" if sub == "." else f"{sub}/"
+        files += [prefix + name for name in names] + ([prefix + MANIFEST_NAME] if prefix else [])
+    return files
+
+
 def write_merged_folders(method: MergeMethod, tasks: TaskVectors, base: HFModelFolder, out: Path, *, alpha: float,
                          dtype: torch.dtype | None = None, max_shard_bytes: int, choice: int = 0,
-                         progress: bool = False, workers: int | None = None) -> list[Path]:
-    """Prepare ``method``, merge this process's shards into ``out`` and return the folders written."""
+                         progress: bool = False, workers: int | None = None,
+                         record: OutputRecord | None = None) -> list[Path]:
+    """Prepare ``method``, merge this process's shards into ``out`` and return the folders written; ``record``
+    (the command and its inputs) goes into the folders' manifests (:mod:`tsvmerge.checkpoints.output_folders`)."""
     collective = tasks.collective
     method.prepare(tasks, progress=progress)
     tied = tied_entries(tasks)
     plan = plan_for(tasks, max_shard_bytes, dtype, tied)
     subfolders = output_folders(method, tasks.num_tasks)
     if collective.rank == 0:
-        with atomic_directory(out) as tmp:
+        with owned_directory(out, record or OutputRecord(), planned_files(plan, base, subfolders)) as tmp:
             collective.broadcast_text(str(tmp))
             _write_own_shards(method, tasks, plan, tied, tmp, subfolders, alpha=alpha, dtype=dtype, choice=choice,
                               progress=progress, workers=workers)

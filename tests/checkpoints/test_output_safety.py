@@ -11,7 +11,8 @@ import torch
 
 from tsvmerge.checkpoints import CheckpointFormatError, atomic_write, open_state_dict
 from tsvmerge.checkpoints.errors import CorruptCheckpointError, NonFiniteCheckpointError
-from tsvmerge.checkpoints.paths import OutputPathError, atomic_directory, check_output_path
+from tsvmerge.checkpoints.output_folders import MANIFEST_NAME, OutputRecord, owned_directory
+from tsvmerge.checkpoints.paths import OutputPathError, check_output_path
 from tsvmerge.checkpoints.state_dict import check_finite
 
 
@@ -39,18 +40,18 @@ def test_atomic_write_errors_name_the_destination_not_the_temporary_file(tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
-def test_atomic_directory_appears_complete_or_not_at_all(tmp_path: Path) -> None:
+def test_owned_directory_appears_complete_or_not_at_all(tmp_path: Path) -> None:
     out = tmp_path / "models"
-    out.mkdir()
-    (out / "task0.pt").write_text("old")
-    with pytest.raises(RuntimeError), atomic_directory(out) as folder:
+    with owned_directory(out, OutputRecord()) as folder:
+        (folder / "task0.pt").write_text("old")
+    with pytest.raises(RuntimeError), owned_directory(out, OutputRecord()) as folder:
         (folder / "task0.pt").write_text("new")
         raise RuntimeError("cut short")
     assert [p.name for p in tmp_path.iterdir()] == ["models"] and (out / "task0.pt").read_text() == "old"
-    with atomic_directory(out) as folder:
+    with owned_directory(out, OutputRecord()) as folder:
         (folder / "task0.pt").write_text("new")
         (folder / "task1.pt").write_text("new")
-    assert sorted(p.name for p in out.iterdir()) == ["task0.pt", "task1.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["task0.pt", "task1.pt", MANIFEST_NAME]
     assert [p.name for p in tmp_path.iterdir()] == ["models"]
 
 
@@ -96,9 +97,9 @@ def test_check_finite() -> None:
             check_finite(tensor, "w", "a.pt")
 
 
-def test_atomic_directory_errors_name_the_folder_asked_for(tmp_path: Path) -> None:
+def test_owned_directory_errors_name_the_folder_asked_for(tmp_path: Path) -> None:
     out = tmp_path / "models"
-    with pytest.raises(OSError) as info, atomic_directory(out) as folder:
+    with pytest.raises(OSError) as info, owned_directory(out, OutputRecord()) as folder:
         atomic_write(folder / "task0.pt", lambda tmp: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     assert info.value.filename == str(out / "task0.pt")
     assert list(tmp_path.iterdir()) == []

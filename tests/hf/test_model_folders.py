@@ -126,7 +126,7 @@ def test_task_specific_methods_write_one_folder_per_task(folders, tmp_path):
     pre, fts = folders
     out = tmp_path / "tsvc"
     assert _run("--method", "TSVC", "--pretrained", str(pre), "--finetuned", *map(str, fts), "--out", str(out)) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["task0", "task1", "task2"]
+    assert sorted(p.name for p in out.iterdir()) == ["task0", "task1", "task2", "tsvmerge_manifest.json"]
     theta0 = _state(pre)
     result = merge("TSVC", TaskVectors(theta0, [_state(ft) for ft in fts]), progress=False)
     expected = apply_task_vector(theta0, result.task_specific_vector(1), 1.0)

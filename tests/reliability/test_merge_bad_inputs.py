@@ -363,8 +363,7 @@ def test_interrupted_folder_output_appears_complete_or_not_at_all(
     from tsvmerge.utils.entry_point import Terminated
 
     out = tmp_path / "tsvc"
-    out.mkdir()
-    (out / "task0.pt").write_bytes(b"previous run")
+    assert cli.main(ckpts.merge_argv("TSVC", out, finetuned=ckpts.finetuned[:2])) == 0  # a previous run
     real_save = cli.save_state_dict
     calls = []
 
@@ -410,10 +409,8 @@ def test_mixed_precision_inputs_merge_in_float32_and_keep_the_base_dtype(ckpts: 
 
 def test_folder_output_replaces_a_previous_run(ckpts: Checkpoints, tmp_path: Path) -> None:
     out = tmp_path / "tsvc"
-    out.mkdir()
-    (out / "task0.pt").write_bytes(b"previous run")
-    (out / "task7.pt").write_bytes(b"previous run with more tasks")
+    assert cli.main(ckpts.merge_argv("mag_masking", out, finetuned=ckpts.finetuned[:2])) == 0
     assert cli.main(ckpts.merge_argv("TSVC", out)) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["task0.pt", "task1.pt", "task2.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["task0.pt", "task1.pt", "task2.pt", "tsvmerge_manifest.json"]
     assert_all_finite(out)
     assert no_leftovers(tmp_path) == []

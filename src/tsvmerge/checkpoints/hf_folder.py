@@ -17,15 +17,18 @@ import torch
 from torch import Tensor
 
 from tsvmerge.checkpoints.errors import CheckpointFormatError, CorruptCheckpointError
+from tsvmerge.checkpoints.output_folders import MANIFEST_NAME
 from tsvmerge.checkpoints.paths import CheckpointNotFoundError
 from tsvmerge.checkpoints.state_dict import LazyStateDict, open_state_dict
 
 __all__ = [
     "WEIGHTS_INDEX_NAMES",
+    "AmbiguousModelFolderError",
     "HFModelFolder",
     "is_model_folder",
     "is_weight_file",
     "model_files",
+    "weights_layout",
 ]
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -33,7 +36,13 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 WEIGHTS_INDEX_NAMES = (SAFETENSORS_INDEX, BIN_INDEX)
 # Single-file layouts, in the order transformers prefers them.
 _SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+# The order in which transformers' from_pretrained looks for weights (safetensors first).
+_FROM_PRETRAINED_ORDER = ("model.safetensors", SAFETENSORS_INDEX, "pytorch_model.bin", BIN_INDEX)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+
+
+class AmbiguousModelFolderError(CheckpointFormatError):
+    """A model folder holds two sets of weights, and which one the user means cannot be told."""
 
 
 def is_weight_file(name: str) -> bool:
@@ -49,11 +58,12 @@ def is_model_folder(path: Path) -> bool:
 def model_files(folder: Path) -> list[Path]:
     """The folder's non-weight files a merged model keeps (config, generation config, tokenizer...).
 
-    Hidden files and the model card (which describes the base model, not the merge) are left out.
+    Hidden files, the model card (which describes the base model, not the merge) and a manifest of an earlier
+    merge (which describes that merge) are left out.
     """
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and not p.name.startswith(".") and not is_weight_file(p.name)
-                  and p.name.lower() != "readme.md")
+                  and p.name.lower() != "readme.md" and p.name != MANIFEST_NAME)
 
 
 def _read_json(path: Path) -> Any:
@@ -64,21 +74,38 @@ def _read_json(path: Path) -> Any:
                                      "or save it again.") from exc
 
 
+def weights_layout(folder: Path) -> str | None:
+    """The one weights file (single file or index) of ``folder``, None when it holds none.
+
+    A folder holding a single file and a sharded set, or two index files, is refused: which one would be merged
+    is a guess, and ``from_pretrained`` may well load the other. Two single files (``model.safetensors`` beside
+    ``pytorch_model.bin``, as many hub repositories ship the same weights) are read as transformers reads them:
+    the safetensors file.
+    """
+    present = [name for name in _FROM_PRETRAINED_ORDER if (folder / name).is_file()]
+    indexes = [name for name in present if name in WEIGHTS_INDEX_NAMES]
+    if len(indexes) > 1 or (indexes and len(present) > len(indexes)):
+        raise AmbiguousModelFolderError(
+            f"{str(folder)!r} holds two sets of weights ({' and '.join(present)}), and from_pretrained would load "
+            f"{present[0]} (it prefers {', then '.join(_FROM_PRETRAINED_ORDER)}); remove or move away the one you "
+            "do not use, so that the merge reads the weights you load")
+    return present[0] if present else None
+
+
 def _weight_map(folder: Path) -> dict[str, str]:
     """``{tensor name: shard file name}`` of the folder's weights (one entry per tensor)."""
-    for index_name in WEIGHTS_INDEX_NAMES:
-        index_path = folder / index_name
-        if index_path.is_file():
-            index = _read_json(index_path)
-            weight_map = index.get("weight_map") if isinstance(index, dict) else None
-            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-                raise CheckpointFormatError(f"{index_path} has no \"weight_map\" {{tensor name: shard file}}; it is "
-                                            "not a weights index written by save_pretrained")
-            return weight_map
-    for name in _SINGLE_FILES:
-        if (folder / name).is_file():
-            with open_state_dict(folder / name) as single:
-                return dict.fromkeys(single, name)
+    layout = weights_layout(folder)
+    if layout in WEIGHTS_INDEX_NAMES:
+        index_path = folder / layout
+        index = _read_json(index_path)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointFormatError(f"{index_path} has no \"weight_map\" {{tensor name: shard file}}; it is "
+                                        "not a weights index written by save_pretrained")
+        return weight_map
+    if layout is not None:
+        with open_state_dict(folder / layout) as single:
+            return dict.fromkeys(single, layout)
     raise CheckpointNotFoundError(
         f"{str(folder)!r} is a folder but holds no model weights: expected model.safetensors, sharded "
         f"model-*.safetensors with {SAFETENSORS_INDEX}, or pytorch_model*.bin (as save_pretrained writes them)")

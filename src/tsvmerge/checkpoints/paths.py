@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import os
 import secrets
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -18,7 +17,6 @@ __all__ = [
     "CHECKPOINT_HELP",
     "CheckpointNotFoundError",
     "OutputPathError",
-    "atomic_directory",
     "atomic_write",
     "check_output_path",
     "dataset_base_name",
@@ -27,6 +25,8 @@ __all__ = [
     "head_path",
     "require_file",
     "same_file",
+    "naming_destination",
+    "temporary_sibling",
     "single_task_accuracy_path",
     "tall_mask_paths",
     "zeroshot_checkpoint_path",
@@ -144,12 +144,12 @@ def single_task_accuracy_path(results_dir: PathLike, model: str) -> Path:
     return Path(results_dir) / "single_task" / _check_component(model, "model") / "nonlinear_ft_accuracies.json"
 
 
-def _temporary_sibling(dest: Path, kind: str = "tmp") -> Path:
+def temporary_sibling(dest: Path, kind: str = "tmp") -> Path:
     """A fresh hidden name next to ``dest`` (same file system, so renaming it onto ``dest`` is atomic)."""
     return dest.parent / f".{dest.name}.{secrets.token_hex(6)}.{kind}"
 
 
-def _naming_destination(error: OSError, temporary: Path, dest: Path) -> OSError:
+def naming_destination(error: OSError, temporary: Path, dest: Path) -> OSError:
     """``error`` naming ``dest`` where it named the temporary file or folder (or nothing): users only ever see the
     path they asked for."""
     name = error.filename
@@ -169,7 +169,7 @@ def atomic_write(path: PathLike, write: Callable[[Path], object]) -> Path:
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_sibling(dest)
+    tmp = temporary_sibling(dest)
     try:
         # Not tempfile.mkstemp: its 0600 mode would end up on the final file; O_EXCL with 0666 honours the umask.
         os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
@@ -179,7 +179,7 @@ def atomic_write(path: PathLike, write: Callable[[Path], object]) -> Path:
         os.replace(tmp, dest)
     except OSError as error:
         _remove_quietly(tmp)
-        raise _naming_destination(error, tmp, dest) from None
+        raise naming_destination(error, tmp, dest) from None
     except BaseException:
         _remove_quietly(tmp)
         raise
@@ -200,46 +200,6 @@ def _fsync_directory(directory: Path) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-
-
-@contextlib.contextmanager
-def atomic_directory(path: PathLike) -> Iterator[Path]:
-    """Build the folder ``path`` in a temporary sibling folder (yielded) and move it into place at the end.
-
-    The folder appears complete or not at all: an error or interruption inside the block removes the temporary
-    folder and leaves an existing ``path`` untouched. An existing ``path`` is replaced as a whole, so callers must
-    make sure it holds nothing worth keeping (:func:`check_output_path` with ``replaceable``).
-    """
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_sibling(dest)
-    try:
-        tmp.mkdir()
-        yield tmp
-        _replace_directory(tmp, dest)
-    except OSError as error:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _naming_destination(error, tmp, dest) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _replace_directory(new: Path, dest: Path) -> None:
-    """Rename ``new`` onto ``dest``; an existing ``dest`` is first moved aside, then deleted."""
-    if not dest.exists():
-        os.rename(new, dest)
-        _fsync_directory(dest.parent)
-        return
-    old = _temporary_sibling(dest, "old")
-    os.rename(dest, old)
-    try:
-        os.rename(new, dest)
-    except BaseException:
-        os.rename(old, dest)  # put the previous folder back
-        raise
-    _fsync_directory(dest.parent)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------- output path checks
@@ -267,7 +227,7 @@ def _nearest_existing(path: Path) -> Path:
 
 def _probe_writable(directory: Path, label: str, dest: Path) -> None:
     """Create and delete a file in ``directory``: the only reliable check (permissions, read-only mounts, root)."""
-    probe = _temporary_sibling(directory / "probe")
+    probe = temporary_sibling(directory / "probe")
     try:
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     except OSError as error:
@@ -278,13 +238,13 @@ def _probe_writable(directory: Path, label: str, dest: Path) -> None:
 
 
 def check_output_path(path: PathLike, *, label: str = "output", inputs: Sequence[PathLike] = (),
-                      folder: bool = False, replaceable: Callable[[str], bool] | None = None) -> Path:
+                      folder: bool = False) -> Path:
     """Check, before any work starts, that ``path`` can be written without harming an input.
 
     ``path`` must not be one of ``inputs`` (also through a symbolic or hard link), must be a file path (a folder
     path when ``folder``) and its directory must be writable, or creatable in a writable one. No input may lie
-    inside an output folder. A folder that is replaced as a whole (:func:`atomic_directory`) gives
-    ``replaceable``: every entry of an existing one must satisfy it. Missing directories are not created here.
+    inside an output folder. Whether an existing folder may be written is the business of
+    :func:`tsvmerge.checkpoints.output_folders.check_output_folder`. Missing directories are not created here.
     Raises OutputPathError naming ``label`` and the path.
     """
     dest = Path(path)
@@ -300,12 +260,6 @@ def check_output_path(path: PathLike, *, label: str = "output", inputs: Sequence
         raise OutputPathError(f"{shown} is an existing directory; give a file path.")
     if dest.exists() and folder and not dest.is_dir():
         raise OutputPathError(f"{shown} is an existing file; this output is a folder. Give a folder path.")
-    if folder and dest.is_dir() and replaceable is not None:
-        foreign = sorted(entry.name for entry in dest.iterdir() if not replaceable(entry.name))
-        if foreign:
-            raise OutputPathError(f"{shown} exists and holds other files ({', '.join(foreign[:5])}"
-                                  f"{', ...' if len(foreign) > 5 else ''}), which writing it would delete. "
-                                  "Choose a new folder or empty it.")
     parent = _nearest_existing(dest.parent)
     if not parent.is_dir():
         raise OutputPathError(f"{shown} cannot be written: {str(parent)!r} is a file, not a directory.")

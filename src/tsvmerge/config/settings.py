@@ -166,6 +166,11 @@ def method_from_section(section: Any, problems: Problems) -> MethodChoice | None
     except ValueError as exc:
         problems.append(f"method {name}: {exc}")
         return None
+    overrides = [key for key in ("svd_keys", "average_keys") if values.get(key) is not None]
+    if overrides and not method.uses_entry_rules:
+        problems.append(f"method.{overrides[0]} applies to the SVD-based methods (which choose the matrices they "
+                        f"decompose); {name} does not use it")
+        return None
     full_name = values.get("full_name") or method.run_name() + _rules_suffix(values)
     if not isinstance(full_name, str) or "/" in full_name or full_name in {".", ".."}:
         problems.append(f"method.full_name must be a file-name part, got {full_name!r}")

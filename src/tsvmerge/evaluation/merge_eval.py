@@ -29,12 +29,12 @@ from .. import __version__
 from ..checkpoints.paths import tall_mask_paths
 from ..checkpoints.state_dict import open_state_dict
 from ..checkpoints.tall_mask_files import check_mask_file, read_mask_record, save_tall_masks
-from ..config import RunSettings
+from ..config import ConfigError, RunSettings
 from ..data import class_synonyms, get_dataset, templates
 from ..data.registry import default_num_workers
 from ..data.task_dataset import TaskDataset
 from ..merging import MaskFiles, MergeMethod, TaskVectors, build_method, flat_task_masks, merge
-from ..merging.entry_rules import rules_for
+from ..merging.entry_rules import check_rules_match, rules_for
 from ..models.encoder import build_image_encoder
 from ..models.factory import ModelSpec
 from ..models.preprocess import split_preprocess
@@ -255,9 +255,13 @@ def run_merge_evaluation(settings: RunSettings, run_dir: Path | None = None,
             result = None
         else:
             finetuned = [open_state_dict(p) for p in finetuned_paths]
-            tasks = TaskVectors(theta0, finetuned, names=datasets, device=runtime.device,
-                                rules=rules_for(theta0, svd_keys=settings.svd_keys,
-                                                average_keys=settings.average_keys))
+            rules = rules_for(theta0, svd_keys=settings.svd_keys, average_keys=settings.average_keys)
+            try:
+                check_rules_match(rules, {key: theta0.shape(key) for key in theta0})
+            except ValueError as exc:
+                raise ConfigError(str(exc).replace("--svd-keys", "method.svd_keys")
+                                  .replace("--average-keys", "method.average_keys")) from None
+            tasks = TaskVectors(theta0, finetuned, names=datasets, device=runtime.device, rules=rules)
             result = merge(method.for_benchmark(spec.name, len(datasets)), tasks, progress=progress)
         timing["merge_s"] = time.perf_counter() - tick
 

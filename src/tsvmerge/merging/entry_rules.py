@@ -15,13 +15,13 @@ exactly the matching 2-D entries go through the SVD. ``average_keys`` then avera
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["FAMILIES", "EntryRules", "detect_family", "rules_for"]
+__all__ = ["FAMILIES", "EntryRules", "check_rules_match", "detect_family", "rules_for"]
 
 #: Entries each family averages although they are matrices; ``None``: none.
 _FAMILY_AVERAGED: dict[str, str | None] = {
@@ -88,3 +88,21 @@ def rules_for(keys: Iterable[str], config: Mapping[str, Any] | None = None, *, s
               average_keys: str | None = None) -> EntryRules:
     """The rule set of a model: its detected family's, with the user's overrides."""
     return EntryRules(detect_family(keys, config), svd_keys, average_keys)
+
+
+def check_rules_match(rules: EntryRules, shapes: Mapping[str, Sequence[int]]) -> None:
+    """Refuse an override that matches no matrix of the model (``shapes``: θ0's entries).
+
+    Such a rule is a typo or a pattern for another model, and it would silently change the method: ``svd_keys``
+    matching nothing sends no matrix through the SVD, which makes TSV-M a plain average.
+    """
+    matrices = [key for key, shape in shapes.items() if len(shape) == 2]
+    for option, pattern in (("--svd-keys", rules.svd_keys), ("--average-keys", rules.average_keys)):
+        if pattern is None:
+            continue
+        compiled = _compile(pattern, option)
+        assert compiled is not None
+        if not any(compiled.search(key) for key in matrices):
+            examples = ", ".join(matrices[:3]) + (", ..." if len(matrices) > 3 else "")
+            raise ValueError(f"{option} {pattern!r} matches no matrix (2-D entry) of the pre-trained model, so it "
+                             f"would change nothing the method decomposes; its matrices are named like {examples}")

@@ -367,6 +367,7 @@ class _TaskSingularVectorsMerge(MergeMethod):
     """TSV-M family: SVD-based merge of matrix entries, mean of the others."""
 
     alpha_grid_max: ClassVar[float | None] = 3.0
+    uses_entry_rules: ClassVar[bool] = True
     orthogonalization: ClassVar[Orthogonalization] = "procrustes"
     full_rank: ClassVar[bool] = False
     svd: SVDMode = "exact"
@@ -440,6 +441,7 @@ class TSVC(MergeMethod):
 
     name: ClassVar[str] = "TSVC"
     task_specific: ClassVar[bool] = True
+    uses_entry_rules: ClassVar[bool] = True
     svd: SVDMode = "exact"
 
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:

@@ -28,6 +28,7 @@ class _IsotropicMerge(MergeMethod):
     """Shared α protocol of Iso-C and Iso-CTS: grid up to 3 on validation, with the authors' early stopping."""
 
     alpha_grid_max: ClassVar[float | None] = 3.0
+    uses_entry_rules: ClassVar[bool] = True
     early_stop_patience: int | None = 3
 
     def __post_init__(self) -> None:
@@ -100,6 +101,7 @@ class DCMerge(MergeMethod):
 
     name: ClassVar[str] = "dc_merge"
     alpha_grid_max: ClassVar[float | None] = 3.0
+    uses_entry_rules: ClassVar[bool] = True
     density: float = DEFAULT_DENSITY
 
     def __post_init__(self) -> None:
@@ -127,6 +129,7 @@ class Cart(MergeMethod):
     """
 
     name: ClassVar[str] = "cart"
+    uses_entry_rules: ClassVar[bool] = True
     prior: float | None = None
     rank_ratio: float | None = None
 

@@ -75,6 +75,9 @@ class MergeMethod:
     task_specific: ClassVar[bool] = False
     #: False for a method that is the pre-trained model itself (zero-shot): no fine-tuned checkpoint is read.
     uses_finetuned: ClassVar[bool] = True
+    #: Methods that ask :class:`~tsvmerge.merging.entry_rules.EntryRules` which matrices go through their SVD (so
+    #: ``svd_keys`` / ``average_keys`` change what they compute); the others refuse those overrides.
+    uses_entry_rules: ClassVar[bool] = False
 
     def alpha_sweep_patience(self) -> int | None:
         """Early stopping of the validation α sweep: stop after this many consecutive α values whose mean absolute
