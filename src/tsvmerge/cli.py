@@ -150,9 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(command).parse_args(argv)
     args.argv = [PROG, *argv]
     if args.command == "methods":
+        from .merging.registry import method_class, method_label
+
+        # Per method: name, label and reference, then its parameters with their defaults.
         for name in available_methods():
+            reference = method_class(name).reference
             params = ", ".join(f"{k}={v!r}" for k, v in method_parameters(name).items()) or "-"
-            print(f"{name:26s} {params}")
+            print(f"{name:26s} {method_label(name)}" + (f" — {reference}" if reference else ""))
+            print(f"{'':26s} {params}")
         return 0
     if args.command in ("download", "doctor"):
         return run_main(PROG, lambda: args.run(args), user_errors=_command_errors())
@@ -287,8 +292,16 @@ def _record(args: argparse.Namespace, inputs: list[Path]) -> OutputRecord:
 
 @contextlib.contextmanager
 def _processes(choice: str) -> Iterator[tuple[torch.device, Collective]]:
-    """This process's device and the collective of the merge: one process, or the torchrun-launched group."""
+    """This process's device and the collective of the merge: one process, or the torchrun-launched group.
+
+    When a process of the group fails, only the first to fail reports its error; the others (lost peer, stopped by
+    torchrun, temporary folder gone) raise PeerFailed, which exits quietly with that process's status. The failure
+    is settled before the group is torn down, so that the peers' errors come after it is recorded.
+    """
+    import signal
+
     from .training.distributed import detect_launch, process_group
+    from .utils.entry_point import PeerFailed, exit_status
 
     launch = detect_launch()
     if launch is None or launch.world_size == 1:
@@ -296,7 +309,19 @@ def _processes(choice: str) -> Iterator[tuple[torch.device, Collective]]:
         return
     with process_group(launch, choice) as context:
         where = context.device if context.backend == "nccl" else torch.device("cpu")  # gloo reduces on the CPU
-        yield context.device, ProcessGroupCollective(where)
+        collective = ProcessGroupCollective(where)
+        try:
+            yield context.device, collective
+        except BaseException as error:
+            # This process is on its way out: torchrun's SIGTERM (sent once a peer exited) must not interrupt the
+            # settling or add a message; run_main restores the handler it found.
+            with contextlib.suppress(ValueError):  # not the main thread
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            status = exit_status(error, (*checkpoint_errors(), ValueError, RuntimeError))
+            first = collective.first_failure(error, status)
+            if first is not None:
+                raise PeerFailed(first[1], first[0]) from None
+            raise
 
 
 def _open(path: Path):

@@ -179,6 +179,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         epilog="Exit status: 0 ready, 1 inputs missing, 2 bad command line or configuration.")
     parser.add_argument("--config-dir", action="append", type=Path, default=[], metavar="DIR",
                         help="an extra config folder searched first, as main.py's --config-dir")
+    parser.add_argument("--outputs", action="append", type=Path, default=[], metavar="DIR",
+                        help="a folder to search for what interrupted `tsvmerge merge` runs left there (temporary "
+                             "output folders); default: the current folder")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="main.py's overrides, e.g. model=ViT-B-32 num_tasks=8 method=TSVM")
     parser.set_defaults(run=run)
@@ -195,4 +198,19 @@ def run(args: argparse.Namespace, out: Callable[[str], object] = print) -> int:
     diagnosis = diagnose(settings, check_run_inputs(settings), args.overrides)
     for line in diagnosis.lines():
         out(line)
+    for line in leftover_lines(args.outputs or [Path.cwd()]):
+        out(line)
     return EXIT_READY if diagnosis.ready else EXIT_MISSING
+
+
+def leftover_lines(folders: Sequence[Path]) -> list[str]:
+    """What interrupted ``tsvmerge merge`` runs left in ``folders`` (their temporary output folders), if anything."""
+    from .checkpoints.output_folders import find_stale_temporaries
+
+    found = find_stale_temporaries(folders)
+    if not found:
+        return []
+    lines = ["", f"temporary folders of interrupted merges ({len(found)}):"]
+    lines += [f"  {stale.describe()}" for stale in found]
+    lines.append("  the next `tsvmerge merge` to the same --out removes those of interrupted runs, file by file")
+    return lines

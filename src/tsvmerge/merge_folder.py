@@ -84,7 +84,7 @@ def write_merged_folders(method: MergeMethod, tasks: TaskVectors, base: HFModelF
     """Prepare ``method``, merge this process's shards into ``out`` and return the folders written; ``record``
     (the command and its inputs) goes into the folders' manifests (:mod:`tsvmerge.checkpoints.output_folders`)."""
     collective = tasks.collective
-    method.prepare(tasks, progress=progress)
+    method.prepare(tasks, progress=progress, workers=workers)
     tied = tied_entries(tasks)
     plan = plan_for(tasks, max_shard_bytes, dtype, tied)
     subfolders = output_folders(method, tasks.num_tasks)
@@ -112,7 +112,8 @@ def _write_own_shards(method: MergeMethod, tasks: TaskVectors, plan: ShardPlan, 
                       progress: bool, workers: int | None) -> None:
     """Merge the entries of this process's shards in order, appending each merged tensor to its shard file at once."""
     for sub in subfolders:
-        (folder / sub).mkdir(parents=True, exist_ok=True)
+        # Never the temporary folder itself: rank 0 made it, and removes it when the merge fails on any process.
+        (folder / sub).mkdir(exist_ok=True)
     own = plan.owned_by(tasks.collective.rank)
     keys = [key for index in own for key in plan.shards[index] if key not in tied]
     stream = stream_merged_entries(method, tasks, keys, alpha=alpha, dtype=dtype, choice=choice, workers=workers,

@@ -64,6 +64,8 @@ MAIN_CASES = {
     "num_tasks_zero": (["method=sum", "num_tasks=0"], False, ["num_tasks"]),
     "num_tasks_too_many": (["method=sum", "num_tasks=99"], False, ["num_tasks"]),
     "unknown_dataset": (["method=sum", "DATASETS=[MNIST,Nope]"], False, ["Nope"]),
+    "svd_keys_not_applicable": (["method=sum", "method.svd_keys=attn"], True, ["svd_keys", "sum"]),
+    "average_keys_not_applicable": (["method=ties", "method.average_keys=attn"], True, ["average_keys", "ties"]),
 }
 
 
@@ -73,6 +75,17 @@ def test_main_py(case: str, world: World, tmp_path: Path, monkeypatch: pytest.Mo
     overrides, datasets, names = MAIN_CASES[case]
     args = _main_args(world, tmp_path, *overrides, datasets=datasets)
     assert_script_rejects("main.py", args, tmp_path, monkeypatch, capsys, *names)
+
+
+@pytest.mark.parametrize("key", ["svd_keys", "average_keys"])
+def test_main_py_entry_rules_that_match_nothing(key: str, world: World, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Found once θ0 is open (Hydra has made the run folder by then), before any merge or result file."""
+    args = _main_args(world, tmp_path, "method=TSVM", f"method.{key}=no_such_entry")
+    code = run_script("main.py", args, monkeypatch)
+    captured = capsys.readouterr()
+    assert_rejected(code, captured.out, captured.err, "main.py", f"method.{key}", "no_such_entry")
+    assert not (tmp_path / "results").exists() or not list((tmp_path / "results").rglob("*.json"))
 
 
 def test_main_py_unwritable_results_dir(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

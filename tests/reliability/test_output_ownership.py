@@ -217,6 +217,10 @@ def test_sigkill_mid_write_then_rerun(folders, tmp_path: Path, capsys: pytest.Ca
     stale = find_stale_temporaries([tmp_path])
     assert [s.path for s in stale] == leftovers and not stale[0].running
     assert stale[0].destination == out.absolute()
+    # tsvmerge doctor lists it (the configuration it checks is the packaged demo's).
+    cli.main(["doctor", "--outputs", str(tmp_path), "model=demo"])
+    said = capsys.readouterr().out
+    assert "temporary folders of interrupted merges (1):" in said and f"{leftovers[0]} (for {out}" in said
     # The next run to the same --out removes it, says so, and writes the folder.
     assert cli.main(_merge_argv(folders, "sum", out)) == 0
     said = capsys.readouterr().out

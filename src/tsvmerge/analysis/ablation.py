@@ -9,14 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..merging.registry import ablation_rows
+
 __all__ = ["ABLATION_METHODS", "ablation_rows", "ablation_markdown"]
 
-#: method -> (label, low-rank truncation, interference reduction)
+#: method -> (label, low-rank truncation, interference reduction), from the methods' ``ablation`` trait
 ABLATION_METHODS: dict[str, tuple[str, bool, bool]] = {
-    "sum": ("Task Arithmetic", False, False),
-    "TSVM_lowrank_only": ("low-rank only", True, False),
-    "TSVM_interference_only": ("interference reduction only", False, True),
-    "TSVM": ("TSV-M (both)", True, True),
+    name: (row.label, row.low_rank, row.interference_reduction) for name, row in ablation_rows().items()
 }
 
 

@@ -194,7 +194,8 @@ def run_spectra(ws: Workspace, p: SpectraParams) -> list[Path]:
 def run_merged_spectra(ws: Workspace, p: MergedSpectraParams) -> list[Path]:
     from ..checkpoints.paths import atomic_write
     from ..plotting.lowrank import plot_merged_spectra
-    from ..plotting.style import METHOD_LABELS, write_csv
+    from ..merging import method_label
+    from ..plotting.style import write_csv
     from .merged_spectra import merged_spectra, merged_spectra_markdown, method_overview, summary_rows
 
     methods = {name: _configured_method(ws, name) for name in p.methods}  # every config checked before any work
@@ -202,7 +203,7 @@ def run_merged_spectra(ws: Workspace, p: MergedSpectraParams) -> list[Path]:
     spectra = merged_spectra(open_task_vectors(ws.settings), methods, progress=_progress(ws))
     spectra["overview"] = method_overview(spectra)
     keys = select_layers(spectra["per_entry"], p.layers, p.max_panels)
-    labels = {m: METHOD_LABELS.get(m, m) for m in p.methods}
+    labels = {m: method_label(m) for m in p.methods}
     md = merged_spectra_markdown(spectra, keys, labels, f"Spectra of the merged task vector: {_title(ws)}")
     print(md)
     return [plot_merged_spectra(spectra, keys, out / f"merged_spectra_{tag}.png", normalize=p.normalize,
@@ -285,9 +286,10 @@ def run_alpha_heatmap(ws: Workspace, p: AlphaHeatmapParams) -> list[Path]:
 def run_compression(ws: Workspace, p: CompressionParams) -> list[Path]:
     from ..checkpoints.paths import atomic_write
     from ..evaluation.metrics import AccuracyFileError, load_ft_accuracies
+    from ..merging import method_label
     from ..plotting.evaluation import plot_compression
     from ..plotting.style import write_csv
-    from .compression import storage_table
+    from .compression import compared_methods, storage_table
 
     out, tag = ws.output_dir("compression", p.out_dir), tasks_tag(ws.datasets)
     tasks = open_task_vectors(ws.settings)
@@ -300,17 +302,17 @@ def run_compression(ws: Workspace, p: CompressionParams) -> list[Path]:
     except AccuracyFileError as exc:
         log.warning("no fine-tuned reference accuracy: %s", exc)
     if p.evaluate:
-        for method in ("tall_mask", "TSVC"):
+        for method in compared_methods():
             payload, path, _ = ws.merge_result(method, recompute=p.recompute)
             accuracy[method] = {"avg_top1": payload["test"]["avg_top1"],
                                 "avg_normalized_top1": payload["test"]["avg_normalized_top1"],
                                 "result_file": str(path)}
-    labels = {"finetuned": "fine-tuned (T models)", "tall_mask": "TALL masks", "TSVC": "TSV-C"}
     rows = []
     for method, s in storage["methods"].items():
         acc = accuracy.get(method, {})
         rows.append({
-            "method": method, "label": labels[method], "shared_bytes": s["shared"],
+            "method": method, "label": "fine-tuned (T models)" if method == "finetuned" else method_label(method),
+            "shared_bytes": s["shared"],
             "per_task_bytes_total": sum(s["per_task"]), "total_bytes": s["total"],
             "total_MiB": s["total"] / 2**20, "relative_to_individual": s["relative_to_individual"],
             **{f"bytes_{name}": b for name, b in zip(ws.datasets, s["per_task"], strict=True)},

@@ -21,11 +21,16 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..merging import TaskVectors, build_method
-from ..merging.registry import EntryMerge
+from ..merging import TaskVectors, build_method, method_parameters
+from ..merging.registry import EntryMerge, methods_where
 from ..merging.tsv import LowRankFactors
 
-__all__ = ["entry_storage", "method_storage", "storage_table"]
+__all__ = ["compared_methods", "entry_storage", "method_storage", "storage_table"]
+
+
+def compared_methods() -> list[str]:
+    """The task-specific methods compared in Table 3 (TALL masks, TSV-C: their ``storage_compared`` trait)."""
+    return methods_where(lambda cls: cls.storage_compared)
 
 
 def _nbytes(value: Any) -> int:
@@ -78,12 +83,12 @@ def individual_storage(tasks: TaskVectors) -> dict[str, Any]:
 
 
 def storage_table(tasks: TaskVectors, *, svd: str = "exact", progress: bool = False) -> dict[str, Any]:
-    """Storage of the individual task vectors, TALL masks and TSV-C, per task and in total (bytes)."""
-    rows = {
-        "finetuned": individual_storage(tasks),
-        "tall_mask": method_storage("tall_mask", tasks, progress=progress),
-        "TSVC": method_storage("TSVC", tasks, {"svd": svd}, progress=progress),
-    }
+    """Storage of the individual task vectors and of the :func:`compared_methods` (TALL masks, TSV-C), per task and
+    in total (bytes); ``svd`` is the SVD solver of the methods that have one (TSV-C)."""
+    rows = {"finetuned": individual_storage(tasks)}
+    for name in compared_methods():
+        params = {"svd": svd} if "svd" in method_parameters(name) else {}
+        rows[name] = method_storage(name, tasks, params, progress=progress)
     reference = rows["finetuned"]["total"]
     for row in rows.values():
         row["relative_to_individual"] = row["total"] / reference if reference else math.nan

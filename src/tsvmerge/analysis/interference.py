@@ -23,6 +23,7 @@ from torch import Tensor
 from ..config import ConfigError
 from ..merging import TaskVectors
 from ..merging.interference import interference_per_block, transformer_block
+from ..merging.registry import ablation_rows
 from ..merging.tsv import TaskSingularVectors, components_per_task, orthogonalize, task_singular_vectors
 from .common import block_index, layer_label, matrix_entries
 
@@ -215,13 +216,9 @@ def block_overlap(gram: Tensor, sizes: Sequence[int]) -> list[list[dict[str, flo
 
 # --------------------------------------------------------------------------------- STI vs accuracy (Fig. 8)
 
-#: Which concatenation each method's merge corresponds to (Fig. 8 default).
-METHOD_STI_VARIANT = {
-    "sum": "full_rank_before",
-    "TSVM_lowrank_only": "low_rank_before",
-    "TSVM_interference_only": "full_rank_after",
-    "TSVM": "low_rank_after",
-}
+#: Which concatenation each method's merge corresponds to (Fig. 8 default): the methods of the ablation of Table 4
+#: (their ``ablation`` trait).
+METHOD_STI_VARIANT = {name: row.sti_variant for name, row in ablation_rows().items()}
 
 
 def sti_accuracy_points(totals: Mapping[str, Mapping[str, float]], accuracies: Mapping[tuple[str, str], Any],

@@ -25,6 +25,29 @@ __all__ = [
 ]
 
 
+def _ablation_methods() -> list[str]:
+    """Table 4: the methods of the ablation of TSV-M's two components, in its row order (their ``ablation`` trait)."""
+    from ..merging.registry import ablation_rows
+
+    return list(ablation_rows())
+
+
+def _ablation_ends() -> dict[str, str]:
+    """Task Arithmetic and TSV-M: the ablation's rows with neither and with both of TSV-M's components, in row
+    order, each with the STI variant its merge corresponds to (Fig. 8)."""
+    from ..merging.registry import ablation_rows
+
+    return {name: row.sti_variant for name, row in ablation_rows().items()
+            if row.low_rank == row.interference_reduction}
+
+
+def _spectrum_methods() -> list[str]:
+    """The methods whose merged τMT spectra are drawn by default (their ``spectrum_compared`` trait)."""
+    from ..merging.registry import methods_where
+
+    return methods_where(lambda cls: cls.spectrum_compared)
+
+
 def _choice(value: Any, key: str, valid: Sequence[str]) -> None:
     if value not in valid:
         raise ValueError(f"analysis.{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
@@ -50,7 +73,7 @@ class StiParams:
 @dataclass
 class StiAccuracyParams:
     task_sets: Any = field(default_factory=lambda: [8, 14, 20])
-    methods: dict[str, str] = field(default_factory=lambda: {"sum": "full_rank_before", "TSVM": "low_rank_after"})
+    methods: dict[str, str] = field(default_factory=_ablation_ends)
     run_missing: bool = False
     chunk_size: int = 2048
     out_dir: str | None = None
@@ -79,7 +102,7 @@ class SpectraParams:
 
 @dataclass
 class MergedSpectraParams:
-    methods: list[str] = field(default_factory=lambda: ["sum", "TSVM", "iso_c", "iso_cts", "dc_merge"])
+    methods: list[str] = field(default_factory=_spectrum_methods)
     layers: list[str] | None = None
     max_panels: int = 6
     normalize: bool = False
@@ -135,15 +158,15 @@ class TruncationParams:
 
 @dataclass
 class AblationParams:
-    methods: list[str] = field(default_factory=lambda: ["sum", "TSVM_lowrank_only", "TSVM_interference_only",
-                                                         "TSVM"])
+    methods: list[str] = field(default_factory=_ablation_methods)
     recompute: bool = False
     out_dir: str | None = None
 
 
 @dataclass
 class AlphaHeatmapParams:
-    methods: list[str] = field(default_factory=lambda: ["TSVM", "sum"])
+    #: Fig. 7: TSV-M, then Task Arithmetic (the ablation's two ends, the one with both components first).
+    methods: list[str] = field(default_factory=lambda: list(reversed(_ablation_ends())))
     subsets: Any = field(default_factory=lambda: [4, 8, 14, 20])
     alphas: list[float] | None = None
     split: str = "test"

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import is_benchmark_prefix
+from ..merging.registry import display_rank, method_label
 from ..plotting.style import METHOD_LABELS
 from ..utils.entry_point import run_main
 from .multirun import read_sweep, sweep_markdown
@@ -56,6 +57,9 @@ RESULT_SCHEMA_PREFIX = "tsvmerge.merge_eval/"
 
 MODEL_ORDER = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
 FINETUNED = "finetuned"
+#: The per-dataset tables' last column, the mean over the datasets (and the ``dataset`` of its CSV rows); the same
+#: word as the weight-averaging method's name, which it does not mean.
+AVERAGE_COLUMN = "average"
 
 
 @dataclass(frozen=True)
@@ -243,10 +247,9 @@ def _model_key(model: str) -> tuple[int, str]:
     return (MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER), model)
 
 
-def _row_sort_key(row: RowKey) -> tuple[int, str, str, bool, str]:
+def _row_sort_key(row: RowKey) -> tuple[float, str, str, bool, str]:
     method = row[0]
-    order = list(METHOD_LABELS)
-    rank = -1 if method == FINETUNED else (order.index(method) if method in order else len(order))
+    rank = -1 if method == FINETUNED else display_rank(method)  # the methods' display_order, then the others
     return (rank, method, row[1], row[2] != "valbest", row[2])  # α chosen on validation first
 
 
@@ -257,7 +260,7 @@ def _labels(rows: Sequence[RowKey]) -> dict[RowKey, str]:
         by_method[row[0]].append(row)
     labels = {}
     for method, group in by_method.items():
-        base = "Fine-tuned (individual)" if method == FINETUNED else METHOD_LABELS.get(method, method)
+        base = "Fine-tuned (individual)" if method == FINETUNED else method_label(method)
         names = {r[1] for r in group}
         for row in group:
             extra = []
@@ -378,7 +381,7 @@ def table2_rows(report: Report) -> list[dict[str, Any]]:
 def per_dataset_markdown(report: Report) -> str:
     parts = []
     for column, datasets in report.groups:
-        header = ["method", *datasets, "average"]
+        header = ["method", *datasets, AVERAGE_COLUMN]
         lines = []
         for row in report.rows:
             cell = report.cells.get((row, column))
@@ -400,8 +403,9 @@ def per_dataset_rows(report: Report) -> list[dict[str, Any]]:
             cell = report.cells.get((row, column))
             if cell is None:
                 continue
-            for d in [*datasets, "average"]:
-                top1, norm = (cell.top1, cell.normalized) if d == "average" else cell.per_dataset.get(d, (None, None))
+            for d in [*datasets, AVERAGE_COLUMN]:
+                top1, norm = ((cell.top1, cell.normalized) if d == AVERAGE_COLUMN
+                              else cell.per_dataset.get(d, (None, None)))
                 rows.append({"model": column[0], "tasks": column[1], "method": row[0], "method_full_name": row[1],
                              "suffix": row[2], "label": report.labels[row], "dataset": d, "top1": top1,
                              "normalized_top1": norm,

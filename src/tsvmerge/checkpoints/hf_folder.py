@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tsvmerge.checkpoints.errors import CheckpointFormatError, CorruptCheckpointError
+from tsvmerge.checkpoints.errors import CheckpointFormatError, CheckpointPermissionError, CorruptCheckpointError
 from tsvmerge.checkpoints.output_folders import MANIFEST_NAME
 from tsvmerge.checkpoints.paths import CheckpointNotFoundError
 from tsvmerge.checkpoints.state_dict import LazyStateDict, open_state_dict
@@ -69,6 +69,8 @@ def model_files(folder: Path) -> list[Path]:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
+    except PermissionError:
+        raise CheckpointPermissionError(path) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorruptCheckpointError(f"cannot read {str(path)!r}: {exc}; the model folder is damaged. Download "
                                      "or save it again.") from exc

@@ -117,10 +117,11 @@ def tall_mask_paths(
     model: str,
     num_tasks: int,
     use_ties: bool = False,
-    ties_agg: str = "sum",
+    ties_agg: str | None = None,
     datasets: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Candidate TALL-mask files, the one to write first.
+    """Candidate TALL-mask files, the one to write first; ``ties_agg`` (the TIES aggregation the masks were built
+    with) is needed with ``use_ties``.
 
     As in the published code, every ``checkpoints`` in ``model_location`` becomes ``tall_masks``. The published
     code writes the TIES variant as ``..._use_ties_<agg>.npy`` but reads ``..._use_ties.npy``; both are candidates.
@@ -136,6 +137,9 @@ def tall_mask_paths(
         stem += "_" + (joined if len(joined) <= 80 else "custom" + hashlib.sha1(joined.encode()).hexdigest()[:10])
     if not use_ties:
         return [root / f"{stem}.npy"]
+    if ties_agg is None:
+        raise ValueError("tall_mask_paths: use_ties=True needs ties_agg, the TIES aggregation the masks were built "
+                         "with (their file name ends in _use_ties_<ties_agg>.npy)")
     return [root / f"{stem}_use_ties_{_check_component(ties_agg, 'ties_agg')}.npy", root / f"{stem}_use_ties.npy"]
 
 

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, Literal
 
 import torch
 
-from tsvmerge.checkpoints.errors import CorruptCheckpointError
+from tsvmerge.checkpoints.errors import CheckpointPermissionError, CorruptCheckpointError
 from tsvmerge.checkpoints.paths import PathLike, require_file
 
 __all__ = [
@@ -66,9 +66,14 @@ _LEGACY_TORCH_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)
 
 
 def checkpoint_format(path: PathLike) -> FileFormat:
-    """Tell a ``torch.save`` zip archive, a legacy ``torch.save`` stream and a plain pickle apart by their bytes."""
-    with open(path, "rb") as fh:
-        head = fh.read(2 + len(_LEGACY_TORCH_MAGIC))
+    """Tell a ``torch.save`` zip archive, a legacy ``torch.save`` stream and a plain pickle apart by their bytes.
+
+    A file this user may not read raises CheckpointPermissionError (the first read of every loader is here)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2 + len(_LEGACY_TORCH_MAGIC))
+    except PermissionError as exc:
+        raise CheckpointPermissionError(path) from exc
     if head.startswith(_ZIP_MAGIC):
         return "zip"
     if head[:1] == b"\x80" and head[2:] == _LEGACY_TORCH_MAGIC:

@@ -36,6 +36,43 @@ def parse_hub_id(argument: str) -> tuple[str, str | None] | None:
     return match["repo"], match["revision"]
 
 
+_HUB_ID_FORM = "a hub id is org/name or org/name@revision (letters, digits, '-', '_', '.')"
+_NAME_PART = re.compile(r"[\w.-]+")
+
+
+def _hub_id_attempt(argument: str) -> bool:
+    """Whether ``argument``, which names no local file and is no valid hub id, was still meant as one.
+
+    A hub id has an ``@`` or exactly one ``/`` between two names; a path shows itself by starting with ``/``, ``~``
+    or ``.``, by a checkpoint suffix, by more components, or by a parent folder that exists here. Those keep the
+    missing-file message with its help on obtaining checkpoints.
+    """
+    if argument.startswith(("/", "~", ".")) or argument.endswith(_FILE_SUFFIXES) or "\\" in argument:
+        return False
+    if "@" in argument:
+        return True
+    parent = Path(argument).parent
+    if parent != Path(".") and parent.is_dir():
+        return False
+    return len([part for part in argument.split("/") if part]) == 2
+
+
+def _hub_id_problem(argument: str) -> str:
+    """What is wrong with ``argument`` as a hub id, in a few words."""
+    repo, at, revision = argument.partition("@")
+    parts = repo.split("/")
+    if at and not revision:
+        return "nothing follows '@'"
+    if "@" in revision:
+        return "more than one '@'"
+    if len(parts) != 2 or not all(parts):
+        return f"{repo!r} is not org/name"
+    bad = sorted({ch for ch in repo.replace("/", "") + revision.replace("/", "") if not _NAME_PART.fullmatch(ch)})
+    if bad:
+        return "it holds " + ", ".join(repr(ch) for ch in bad)
+    return "the organisation must start with a letter or digit"
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -65,6 +102,9 @@ def resolve_source(argument: str | Path) -> Path:
         return path
     hub = parse_hub_id(str(argument))
     if hub is None:
+        if _hub_id_attempt(str(argument)):
+            raise HubModelError(f"{str(argument)!r} is not a local file or folder, nor a valid hub id "
+                                f"({_hub_id_problem(str(argument))}): {_HUB_ID_FORM}")
         return require_file(path)  # raises CheckpointNotFoundError, saying how to obtain checkpoints
     repo_id, revision = hub
     folder = _download(repo_id, revision, [*_SAFETENSORS, *_MODEL_FILES])

@@ -20,8 +20,10 @@ from torch import Tensor
 from tsvmerge.checkpoints.errors import (
     CheckpointFormatError,
     CheckpointMismatchError,
+    CheckpointPermissionError,
     CorruptCheckpointError,
     NonFiniteCheckpointError,
+    permission_problem,
 )
 from tsvmerge.checkpoints.paths import CheckpointNotFoundError, PathLike, atomic_write, require_file
 from tsvmerge.checkpoints.safe_pickle import (
@@ -36,6 +38,7 @@ __all__ = [
     "CheckpointFormatError",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
+    "CheckpointPermissionError",
     "CorruptCheckpointError",
     "LazyStateDict",
     "NonFiniteCheckpointError",
@@ -146,6 +149,9 @@ class _SafetensorsStateDict(LazyStateDict):
         try:
             self._file: Any = safe_open(str(path), framework="pt", device="cpu")
         except Exception as exc:  # safetensors raises its own SafetensorError for malformed headers
+            denied = permission_problem(path, exc)  # safetensors words EACCES "No such file or directory"
+            if denied is not None:
+                raise denied from exc
             raise CorruptCheckpointError(
                 f"cannot read checkpoint {str(path)!r}: not a valid safetensors file ({exc}); it is truncated or "
                 "damaged. Download or save it again."

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from .store import register_configs
 
 __all__ = [
     "ConfigSource",
+    "app_command_line",
     "check_command_line",
     "compose_config",
     "explain",
@@ -38,16 +40,25 @@ __all__ = [
 @dataclass(frozen=True)
 class ConfigSource:
     """Where an entry point's YAML files are: its own ``config/`` folder, and extra folders searched first
-    (``--config-dir``; they may add models, methods or analyses)."""
+    (``--config-dir``; they may add models, methods or analyses, or replace the primary config, e.g. config.yaml)."""
 
     config_dir: Path | None
     extra_dirs: tuple[Path, ...] = field(default=())
 
     def with_extra(self, dirs: Sequence[str | Path]) -> ConfigSource:
+        """This source with ``dirs`` (``--config-dir`` values) searched before it; each must be an existing folder,
+        since a mistyped one would otherwise be skipped without a word and the packaged configs used instead."""
+        for given in dirs:
+            path = Path(given)
+            if not path.is_dir():
+                what = "is a file, not a folder" if path.exists() else "does not exist"
+                raise ConfigError(f"--config-dir {str(given)!r} {what}; give a folder of config files (e.g. holding "
+                                  "config.yaml or model/<name>.yaml)")
         return ConfigSource(self.config_dir, (*self.extra_dirs, *(Path(d).resolve() for d in dirs)))
 
     @property
     def search_dirs(self) -> list[Path]:
+        """Every folder, in search order: the extra ones first, then the entry point's own."""
         return [*self.extra_dirs, *([self.config_dir] if self.config_dir is not None else [])]
 
     def options(self, group: str) -> list[str]:
@@ -56,32 +67,96 @@ class ConfigSource:
         return sorted(names, key=str.lower)
 
 
-def _searchpath_override(source: ConfigSource) -> list[str]:
-    if not source.extra_dirs:
+def _searchpath_override(dirs: Sequence[str]) -> list[str]:
+    """The ``hydra.searchpath`` override appending ``dirs`` (``file://`` URLs) to Hydra's search path."""
+    if not dirs:
         return []
-    return ["hydra.searchpath=[" + ",".join(f"'file://{d}'" for d in source.extra_dirs) + "]"]
+    return ["hydra.searchpath=[" + ",".join(f"'{d}'" for d in dirs) + "]"]
+
+
+def _file_urls(dirs: Sequence[Path]) -> list[str]:
+    return [f"file://{Path(d).resolve()}" for d in dirs]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The folders of a source as Hydra's search path takes them: its primary folder, the one right after it (where
+    Hydra puts a ``--config-dir``) and the rest (``hydra.searchpath``, searched after both)."""
+
+    primary: Path
+    second: Path | None
+    rest: list[Path]
+
+
+def _layout(source: ConfigSource, config_name: str) -> _Layout | None:
+    """Where each folder of ``source`` goes so that Hydra searches them in order (None: no folder).
+
+    Hydra looks for a primary config (``config_name``.yaml) in its first two folders only, never in
+    ``hydra.searchpath``: the first folder that has it is made the second one when it comes later. The order is
+    then exact, except that such a folder moves ahead of the folders between it and the first.
+    """
+    dirs = [d.resolve() for d in source.search_dirs]
+    if not dirs:
+        return None
+    holder = next((i for i, d in enumerate(dirs) if (d / f"{config_name}.yaml").is_file()), 0)
+    second = dirs[holder] if holder > 1 else dirs[1] if len(dirs) > 1 else None
+    return _Layout(dirs[0], second, [d for d in dirs[1:] if d != second])
+
+
+@contextmanager
+def _hydra_context(layout: _Layout) -> Iterator[None]:
+    """A Hydra context over ``layout``'s first two folders, closed (the previous global state restored) on exit."""
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(layout.primary), version_base=None):
+        if layout.second is not None:
+            # What Hydra's own --config-dir does to an application's search path; the compose API has no option
+            # for it, so the context is made again with that search path.
+            from hydra._internal.hydra import Hydra
+            from hydra.core.config_search_path import SearchPathQuery
+            from hydra.core.global_hydra import GlobalHydra
+
+            search_path = GlobalHydra.instance().config_loader().get_search_path()
+            search_path.prepend(provider="command-line", path=f"file://{layout.second}",
+                                anchor=SearchPathQuery(provider="schema"))
+            GlobalHydra.instance().clear()
+            Hydra.create_main_hydra2(task_name="app", config_search_path=search_path)
+        yield
+
+
+def _running_app_searchpath(source: ConfigSource) -> list[str]:
+    """Inside a running ``@hydra.main`` application: the application's own ``hydra.searchpath`` (where
+    :func:`run_checked_app` put the folders after the first two), then ``source``'s folders not yet in it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    current = [str(p) for p in HydraConfig.get().searchpath] if HydraConfig.initialized() else []
+    return [*current, *(url for url in _file_urls(source.search_dirs) if url not in current)]
 
 
 def compose_config(source: ConfigSource, config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """The composed configuration ``config_name`` with ``overrides`` applied (Hydra's own composition).
 
-    Inside a running Hydra application (``@hydra.main``) the application's search path is used; elsewhere a
-    Hydra context is opened for the call and closed again, so no global state is left behind. Without a config
-    folder (``source.config_dir`` None: an installed command), only the schemas of the ConfigStore are found.
+    The folders are searched in the order of ``source.search_dirs`` (see :func:`_layout`): a ``config_name``.yaml
+    or a group option in an extra folder wins over the entry point's own. Inside a running Hydra application
+    (``@hydra.main``) the application's search path is used, followed by ``source``'s folders; elsewhere a Hydra
+    context is opened for the call and closed again, so no global state is left behind. Without any folder
+    (``source.config_dir`` None: an installed command), only the schemas of the ConfigStore are found.
     """
-    from hydra import compose, initialize, initialize_config_dir
+    from hydra import compose, initialize
     from hydra.core.global_hydra import GlobalHydra
 
     register_configs()
-    overrides = [*_searchpath_override(source), *overrides]
     try:
         if GlobalHydra.instance().is_initialized():
-            return compose(config_name=config_name, overrides=overrides)
-        if source.config_dir is None:
+            return compose(config_name=config_name,
+                           overrides=[*_searchpath_override(_running_app_searchpath(source)), *overrides])
+        layout = _layout(source, config_name)
+        if layout is None:
             with initialize(config_path=None, version_base=None):
-                return compose(config_name=config_name, overrides=overrides)
-        with initialize_config_dir(config_dir=str(Path(source.config_dir).resolve()), version_base=None):
-            return compose(config_name=config_name, overrides=overrides)
+                return compose(config_name=config_name, overrides=list(overrides))
+        with _hydra_context(layout):
+            return compose(config_name=config_name,
+                           overrides=[*_searchpath_override(_file_urls(layout.rest)), *overrides])
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - every composition error becomes one readable ConfigError
@@ -151,23 +226,32 @@ _NO_RUN_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--shell-completio
 
 @dataclass
 class CommandLine:
-    """A Hydra application's command line, split: overrides, extra config folders, primary config name."""
+    """A Hydra application's command line, split: overrides, extra config folders, primary config name.
+
+    ``config_dir_args``: the positions in the command line of the ``--config-dir`` flags and their values;
+    ``first_override``: the position of the first override (None: no override).
+    """
 
     overrides: list[str]
     config_dirs: list[Path]
     config_name: str | None
     runs_jobs: bool
+    config_dir_args: list[int] = field(default_factory=list)
+    first_override: int | None = None
 
 
 def split_command_line(argv: Sequence[str]) -> CommandLine:
     overrides: list[str] = []
     dirs: list[Path] = []
+    dir_args: list[int] = []
+    first_override = None
     name = None
     runs = True
     args = list(argv)
     i = 0
     while i < len(args):
         arg = args[i]
+        start = i
         if arg.startswith("-"):
             flag, eq, value = arg.partition("=")
             runs = runs and flag not in _NO_RUN_FLAGS
@@ -179,12 +263,39 @@ def split_command_line(argv: Sequence[str]) -> CommandLine:
                         value = args[i] if i < len(args) else ""
                 if flag in {"--config-dir", "-cd"}:
                     dirs.append(Path(value))
+                    dir_args.extend(range(start, min(i, len(args) - 1) + 1))
                 elif flag in {"--config-name", "-cn"}:
                     name = value
         else:
             overrides.append(arg)
+            first_override = i if first_override is None else first_override
         i += 1
-    return CommandLine(overrides, dirs, name, runs)
+    return CommandLine(overrides, dirs, name, runs, dir_args, first_override)
+
+
+def app_command_line(argv: Sequence[str], source: ConfigSource, config_name: str) -> list[str]:
+    """``argv`` rewritten so that Hydra's own parser searches the folders as :func:`compose_config` does.
+
+    Hydra puts a ``--config-dir`` after the application's own folder, where neither its config.yaml nor its group
+    options could replace the packaged ones. Instead the folders are laid out by :func:`_layout`: the first becomes
+    the application's folder (``--config-path``), the second its ``--config-dir``, the rest ``hydra.searchpath``.
+    Folders are checked as :meth:`ConfigSource.with_extra` does.
+    """
+    line = split_command_line(argv)
+    if not line.config_dirs:
+        return list(argv)
+    layout = _layout(source.with_extra(line.config_dirs), line.config_name or config_name)
+    assert layout is not None
+    dropped = set(line.config_dir_args)
+    kept = [arg for i, arg in enumerate(argv) if i not in dropped]
+    searchpath = _searchpath_override(_file_urls(layout.rest))
+    if line.first_override is None:
+        kept += searchpath
+    else:  # beside the other overrides: Hydra's parser takes them as one run of arguments
+        at = line.first_override - sum(1 for i in dropped if i < line.first_override)
+        kept[at:at] = searchpath
+    second = [f"--config-dir={layout.second}"] if layout.second is not None else []
+    return [f"--config-path={layout.primary}", *second, *kept]
 
 
 def _jobs(overrides: Sequence[str]) -> list[list[str]]:
@@ -258,11 +369,22 @@ def to_container(cfg: DictConfig | ListConfig) -> Any:
 def run_checked_app(prog: str, app: Callable[[], Any], source: ConfigSource, config_name: str,
                     validate: Callable[[DictConfig], Any]) -> int:
     """Run a ``@hydra.main`` application ``app`` after :func:`check_command_line` accepted every job of
-    ``sys.argv``; both through :func:`tsvmerge.utils.entry_point.run_main`. Returns the exit status."""
+    ``sys.argv``; both through :func:`tsvmerge.utils.entry_point.run_main`. Returns the exit status.
+
+    The application sees the command line of :func:`app_command_line` (``sys.argv`` is restored afterwards), so
+    that it composes exactly what was checked.
+    """
     import sys
 
     from ..utils.entry_point import run_main
 
     register_configs()
     code = run_main(prog, lambda: check_command_line(sys.argv[1:], source, config_name, validate=validate))
-    return code or run_main(prog, app)
+    if code:
+        return code
+    original = sys.argv
+    sys.argv = [original[0], *app_command_line(original[1:], source, config_name)]
+    try:
+        return run_main(prog, app)
+    finally:
+        sys.argv = original

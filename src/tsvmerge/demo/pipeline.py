@@ -29,20 +29,37 @@ from ..config.settings import model_spec
 from ..data import task_list
 from ..data.datasets.synthetic import GENERATOR_VERSION, generate_all
 from ..data.datasets.synthetic_scenes import SCENES_VERSION
+from ..merging import build_method
+from ..merging.registry import method_class
 from .pretrain import PRETRAIN_POOLS, PretrainSettings, pretrain_clip
-from .summary import summarize, summary_markdown, write_summary
+from .summary import demo_table_methods, summarize, summary_markdown, write_summary
 
 __all__ = ["DEFAULT_ANALYSES", "DEFAULT_METHOD_SETTINGS", "DEFAULT_METHODS", "DemoPlan", "demo_plan", "run_demo"]
 
 log = logging.getLogger(__name__)
 
-#: Every merge method of the table; tall_mask runs before consensus, which reads the masks it saves.
-DEFAULT_METHODS = ("zeroshot", "average", "sum", "ties", "tall_mask", "consensus", "TSVM", "iso_c", "iso_cts",
-                   "dc_merge", "cart", "TSVC")
 
-#: Method parameters the demo passes (``method.<key>=value``). CART's authors published no settings for the demo
-#: model, so it runs with their 8-task ViT-B-32 values.
-DEFAULT_METHOD_SETTINGS: Mapping[str, tuple[str, ...]] = {"cart": ("prior=2.0", "rank_ratio=0.12")}
+def _run_order(methods: Sequence[str]) -> tuple[str, ...]:
+    """``methods`` in order, except that a method reading saved masks (as configured by default) runs after the
+    method that saves them when both are listed (TALL masks before Consensus merging)."""
+    ordered: list[str] = []
+    for method in methods:
+        files = build_method(method).mask_files()
+        if files is not None and files.reads and files.made_by in methods and files.made_by not in ordered:
+            ordered.append(files.made_by)
+        if method not in ordered:
+            ordered.append(method)
+    return tuple(ordered)
+
+
+#: Every merge method of the table (the methods' ``demo_row`` trait); tall_mask runs before consensus, which reads
+#: the masks it saves.
+DEFAULT_METHODS = _run_order(demo_table_methods())
+
+#: Method parameters the demo passes (``method.<key>=value``): the methods' ``demo_settings`` trait. CART's authors
+#: published no settings for the demo model, so it runs with their 8-task ViT-B-32 values.
+DEFAULT_METHOD_SETTINGS: Mapping[str, tuple[str, ...]] = {
+    m: method_class(m).demo_settings for m in DEFAULT_METHODS if method_class(m).demo_settings}
 
 #: The analyses of docs/analysis.md that the demo runs after the merges (``analyses=True``).
 DEFAULT_ANALYSES = ("sti", "sti_accuracy", "spectra", "merged_spectra", "procrustes", "truncation", "ablation",

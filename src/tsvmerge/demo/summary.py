@@ -12,14 +12,23 @@ import numpy as np
 
 from ..analysis.report import ResultRecord, collect_results
 from ..checkpoints.paths import atomic_write, single_task_accuracy_path
-from ..plotting.style import METHOD_LABELS, figure, method_color, save_figure, write_csv
+from ..merging.registry import available_methods, method_class, method_label
+from ..plotting.style import figure, method_color, save_figure, write_csv
 
 __all__ = ["SummaryRow", "TABLE_ORDER", "summarize", "summary_markdown", "plot_summary"]
 
-#: Row order of the table: the paper's Table 2 order, fine-tuned last (the upper bound).
-TABLE_ORDER = ("zeroshot", "average", "sum", "ties", "consensus", "tall_mask", "TSVM", "iso_c", "iso_cts", "dc_merge",
-               "cart", "TSVC", "finetuned")
-_LABELS = {**METHOD_LABELS, "finetuned": "Fine-tuned (one model per task)"}
+FINETUNED = "finetuned"
+
+
+def demo_table_methods() -> tuple[str, ...]:
+    """The methods of the demo's table (those with a ``demo_row`` trait), in row order."""
+    rows = {name: method_class(name).demo_row for name in available_methods()}
+    return tuple(sorted((name for name, row in rows.items() if row is not None), key=lambda name: rows[name]))
+
+
+#: Row order of the table: the methods' ``demo_row`` (the paper's Table 2 order), fine-tuned last (the upper bound).
+TABLE_ORDER = (*demo_table_methods(), FINETUNED)
+_FINETUNED_LABEL = "Fine-tuned (one model per task)"
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,7 @@ def summarize(results_dir: str | Path, model: str, datasets: Sequence[str]) -> l
     rows = []
     chosen = _latest(collect_results(Path(results_dir) / "merging"), model, datasets)
     for method in TABLE_ORDER:
-        if method == "finetuned":
+        if method == FINETUNED:
             path = single_task_accuracy_path(results_dir, model)
             if not path.is_file():
                 continue
@@ -60,7 +69,7 @@ def summarize(results_dir: str | Path, model: str, datasets: Sequence[str]) -> l
             if not all(d in accuracies for d in datasets):
                 continue
             top1 = {d: float(accuracies[d]) for d in datasets}
-            rows.append(SummaryRow(method, _LABELS[method], float(np.mean(list(top1.values()))), 1.0, top1, None,
+            rows.append(SummaryRow(method, _FINETUNED_LABEL, float(np.mean(list(top1.values()))), 1.0, top1, None,
                                    str(path)))
             continue
         record = chosen.get(method)
@@ -68,7 +77,7 @@ def summarize(results_dir: str | Path, model: str, datasets: Sequence[str]) -> l
             continue
         payload = json.loads(record.path.read_text())
         top1 = {d: float(record.test[f"{d}:top1"]) for d in datasets}
-        rows.append(SummaryRow(method, _LABELS.get(method, method), float(record.test["avg_top1"]),
+        rows.append(SummaryRow(method, method_label(method), float(record.test["avg_top1"]),
                                float(record.test["avg_normalized_top1"]), top1,
                                None if payload.get("task_choices") is not None else float(payload["alpha"]),
                                str(record.path)))

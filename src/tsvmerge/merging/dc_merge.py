@@ -12,14 +12,10 @@ import torch
 from torch import Tensor
 
 from .svd import polar_factor, top_components
+from .tsv import components_per_task
 
 #: The authors' trim density: each task keeps its top 0.1 % entries (of r² coordinates) in the cover basis.
 DEFAULT_DENSITY = 0.001
-
-
-def components_per_task(rows: int, cols: int, num_tasks: int) -> int:
-    """k = ⌊r/T⌋, r = min(rows, cols)."""
-    return min(rows, cols) // num_tasks
 
 
 def kept_per_task(rank: int, density: float = DEFAULT_DENSITY) -> int:

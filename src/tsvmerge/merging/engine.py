@@ -100,7 +100,7 @@ def merge(method: MergeMethod | str, tasks: TaskVectors, params: Mapping[str, An
         raise ValueError("params are given with the method name, not with a built method")
     workers = default_workers(tasks.device) if workers is None else workers
     started = time.perf_counter()
-    method.prepare(tasks, progress=progress)
+    method.prepare(tasks, progress=progress, workers=workers)
     result = MergeResult(method=method, keys=list(tasks.keys), num_tasks=tasks.num_tasks)
     changed = (entry for entry in tasks.entries(f"merge ({method.name})", progress=progress) if entry.changed)
     cost = lambda entry: workspace_bytes(entry.shape, tasks.num_tasks)  # noqa: E731

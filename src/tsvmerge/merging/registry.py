@@ -10,6 +10,7 @@ itself lives in the pure tensor functions of ``tsv``, ``sparsify`` and ``interfe
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -57,15 +58,58 @@ class MaskFiles:
     built_with: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class AblationRow:
+    """A method's row in the ablation of TSV-M's two components (Table 4): which of them it applies."""
+
+    #: Position of the row in the ablation table (and in ``analysis=ablation``'s default method list).
+    order: int
+    #: The row's label in the ablation table.
+    label: str
+    #: Each task matrix truncated to its top ⌊r/T⌋ singular components.
+    low_rank: bool
+    #: The task singular vectors decorrelated (Procrustes).
+    interference_reduction: bool
+
+    @property
+    def sti_variant(self) -> str:
+        """The concatenation of task singular vectors whose interference this merge corresponds to (Fig. 8): full or
+        low rank, before or after the interference reduction."""
+        rank = "low_rank" if self.low_rank else "full_rank"
+        return f"{rank}_{'after' if self.interference_reduction else 'before'}"
+
+
 @dataclass
 class MergeMethod:
     """Base class of every merge method; subclasses are dataclasses of their parameters.
 
     What the rest of the code needs to know about a method is declared here as traits, so that the evaluation,
-    the configuration and the entry points never test a method's name.
+    the configuration, the entry points, the analyses and the figures never test a method's name.
     """
 
     name: ClassVar[str]
+    #: Display label in tables, figure legends and ``tsvmerge methods`` ("" for none: the name is shown).
+    label: ClassVar[str] = ""
+    #: Where the method was published: authors, title, venue and year ("" for none).
+    reference: ClassVar[str] = ""
+    #: Colour of the method in every figure (hex); None: a palette colour by position.
+    color: ClassVar[str | None] = None
+    #: Row of the method in the paper-style tables (``report.py``) and label lists, ascending; None: after the
+    #: ordered methods, by name.
+    display_order: ClassVar[int | None] = None
+    #: Row of the method in the demo's results table (``demo.py``), ascending; None: the demo does not run it. The
+    #: demo runs these methods in this order, except that a method reading saved masks runs after the one saving them.
+    demo_row: ClassVar[int | None] = None
+    #: Parameters the demo passes to the method (``key=value``, main.py's ``method.<key>=value``).
+    demo_settings: ClassVar[tuple[str, ...]] = ()
+    #: The method's row in the ablation of TSV-M's components (Table 4; its two ends, Task Arithmetic and TSV-M, are
+    #: also Fig. 7's and Fig. 8's default methods); None: not part of it.
+    ablation: ClassVar[AblationRow | None] = None
+    #: Compared in the storage / accuracy table of task-specific compression (Table 3, ``analysis=compression``),
+    #: in :attr:`display_order`.
+    storage_compared: ClassVar[bool] = False
+    #: Drawn by default in the figure of merged τMT spectra (``analysis=merged_spectra``), in :attr:`display_order`.
+    spectrum_compared: ClassVar[bool] = False
     #: α grid upper bound used on validation (grid linspace(0, max, n)[1:]); None means α is fixed.
     alpha_grid_max: ClassVar[float | None] = None
     #: α used when the grid is not searched (zeroshot: 0; TSV-C, masks, average: 1).
@@ -106,7 +150,7 @@ class MergeMethod:
         """The same configuration reading its masks from ``path`` (methods whose :meth:`mask_files` reads)."""
         raise ValueError(f"method {self.name!r} reads no mask file")
 
-    def prepare(self, tasks: TaskVectors, *, progress: bool = False) -> None:
+    def prepare(self, tasks: TaskVectors, *, progress: bool = False, workers: int | None = None) -> None:
         """First pass over the checkpoints for whole-model statistics (default: none needed)."""
 
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
@@ -126,10 +170,19 @@ M = TypeVar("M", bound=type[MergeMethod])
 _METHODS: dict[str, type[MergeMethod]] = {}
 
 
+#: Traits that describe one method (what users see of it, the tables it is a row of): a class registered under its
+#: own name does not inherit them from the method it subclasses.
+_OWN_TRAITS = ("label", "reference", "color", "display_order", "demo_row", "demo_settings", "ablation",
+               "storage_compared", "spectrum_compared")
+
+
 def register(cls: M) -> M:
     """Class decorator adding a method to the registry under ``cls.name``."""
     if cls.name in _METHODS:
         raise ValueError(f"merge method {cls.name!r} is registered twice")
+    for trait in _OWN_TRAITS:
+        if trait not in vars(cls):
+            setattr(cls, trait, getattr(MergeMethod, trait))
     _METHODS[cls.name] = cls
     return cls
 
@@ -148,6 +201,36 @@ def method_class(name: str) -> type[MergeMethod]:
         return _METHODS[name]
     except KeyError:
         raise ValueError(f"unknown merge method {name!r}; available: {', '.join(available_methods())}") from None
+
+
+def method_label(name: str) -> str:
+    """Display label of method ``name``; the name itself for an unregistered method or one without a label."""
+    cls = _METHODS.get(name)
+    return (cls.label if cls is not None else "") or name
+
+
+def method_color(name: str) -> str | None:
+    """Colour of method ``name`` in figures; None for an unregistered method or one without a colour."""
+    cls = _METHODS.get(name)
+    return None if cls is None else cls.color
+
+
+def display_rank(name: str) -> float:
+    """Sort key of method ``name`` in the paper-style tables: its :attr:`~MergeMethod.display_order`, infinity for an
+    unregistered or unordered method (sorted after the others, by name, by the caller)."""
+    cls = _METHODS.get(name)
+    return math.inf if cls is None or cls.display_order is None else cls.display_order
+
+
+def methods_where(trait: Callable[[type[MergeMethod]], Any]) -> list[str]:
+    """Registered methods for which ``trait(cls)`` is true, in :func:`display_rank` order (then by name)."""
+    return sorted((n for n, cls in _METHODS.items() if trait(cls)), key=lambda n: (display_rank(n), n))
+
+
+def ablation_rows() -> dict[str, AblationRow]:
+    """The registered methods of the ablation of TSV-M's components (Table 4) and their rows, in row order."""
+    rows = {n: cls.ablation for n, cls in _METHODS.items() if cls.ablation is not None}
+    return dict(sorted(rows.items(), key=lambda item: (item[1].order, item[0])))
 
 
 def method_parameters(name: str) -> dict[str, Any]:

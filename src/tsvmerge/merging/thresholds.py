@@ -54,7 +54,8 @@ def kth_smallest_bucket(counts: Tensor, rank: int) -> tuple[int, int]:
     return bucket, rank - before
 
 
-def task_thresholds(tasks: TaskVectors, k_percent: float, *, progress: bool = False) -> list[float | None]:
+def task_thresholds(tasks: TaskVectors, k_percent: float, *, progress: bool = False,
+                    workers: int | None = None) -> list[float | None]:
     """Each task's top-k% threshold over its whole flat vector, equal to ``topk_threshold`` of the flattening.
 
     Integer entries count as zeros (they have no task vector), as in the published flattening of the whole state
@@ -87,7 +88,7 @@ def task_thresholds(tasks: TaskVectors, k_percent: float, *, progress: bool = Fa
 
         counts = torch.zeros(T, _BUCKETS, dtype=torch.int64)
         # Entries are counted side by side (integer counts: the order of the sums does not matter).
-        for _, entry_count in map_entries(entry_counts, tasks, label, progress=progress):
+        for _, entry_count in map_entries(entry_counts, tasks, label, progress=progress, workers=workers):
             counts += entry_count
         counts = tasks.reduce_sum(counts)
         for task in range(T):

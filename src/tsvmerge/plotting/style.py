@@ -23,6 +23,8 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from ..checkpoints.paths import atomic_write  # noqa: E402
 from ..evaluation.results import write_json  # noqa: E402
+from ..merging.registry import available_methods, display_rank, method_class  # noqa: E402
+from ..merging.registry import method_color as declared_color  # noqa: E402
 
 __all__ = ["DPI", "METHOD_LABELS", "STYLE", "figure", "method_color", "save_figure", "write_csv"]
 
@@ -50,40 +52,40 @@ STYLE: dict[str, Any] = {
     "image.cmap": "viridis",
 }
 
-#: Display names of the methods, in the row order of the paper's tables.
-METHOD_LABELS: dict[str, str] = {
-    "zeroshot": "Zero-shot",
-    "average": "Weight averaging",
-    "sum": "Task Arithmetic",
-    "ties": "TIES-Merging",
-    "consensus": "Consensus merging",
-    "TSVM_lowrank_only": "TSV-M: low-rank only",
-    "TSVM_interference_only": "TSV-M: interference reduction only",
-    "TSVM_2": "TSV-M (whitening)",
-    "TSVM": "TSV-M",
-    "iso_c": "Iso-C",
-    "iso_cts": "Iso-CTS",
-    "dc_merge": "DC-Merge",
-    "cart": "CART",
-    "mag_masking": "Magnitude masking",
-    "tall_mask": "TALL masks",
-    "TSVC": "TSV-C",
-}
 
-#: Fixed colours per method so that every figure uses the same colour for the same method.
-_METHOD_COLORS = {
-    "zeroshot": "#7f7f7f", "average": "#bcbd22", "sum": "#1f77b4", "ties": "#ff7f0e", "consensus": "#9467bd",
-    "tall_mask": "#8c564b", "mag_masking": "#e377c2", "TSVM": "#d62728", "TSVM_2": "#ff9896",
-    "TSVC": "#2ca02c", "TSVM_lowrank_only": "#17becf", "TSVM_interference_only": "#aec7e8",
-    "iso_c": "#c49c94", "iso_cts": "#e6550d", "dc_merge": "#393b79", "cart": "#637939",
-    "finetuned": "#000000",
-}
+class _MethodLabels(Mapping[str, str]):
+    """Display labels of the registered methods (their ``label`` trait), iterated in the row order of the paper's
+    tables; read from the registry on each use, so that a method registered later (a plug-in) counts."""
+
+    def __getitem__(self, method: str) -> str:
+        try:
+            label = method_class(method).label
+        except ValueError:
+            raise KeyError(method) from None
+        if not label:
+            raise KeyError(method)
+        return label
+
+    def __iter__(self) -> Iterator[str]:
+        names = [n for n in available_methods() if method_class(n).label]
+        return iter(sorted(names, key=lambda n: (display_rank(n), n)))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+#: Display names of the methods (their ``label`` trait), in the row order of the paper's tables.
+METHOD_LABELS: Mapping[str, str] = _MethodLabels()
+
+#: Colour of the fine-tuned models' row (not a merge method: no trait to declare it on).
+_FINETUNED_COLOR = "#000000"
 _FALLBACK = plt.get_cmap("tab20").colors
 
 
 def method_color(method: str, index: int = 0) -> Any:
-    """The colour of ``method`` (a method name of the registry), or a palette colour by ``index``."""
-    return _METHOD_COLORS.get(method, _FALLBACK[index % len(_FALLBACK)])
+    """The colour of ``method`` (its ``color`` trait; black for ``finetuned``), or a palette colour by ``index``."""
+    color = _FINETUNED_COLOR if method == "finetuned" else declared_color(method)
+    return color if color is not None else _FALLBACK[index % len(_FALLBACK)]
 
 
 @contextlib.contextmanager

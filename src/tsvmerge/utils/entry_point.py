@@ -24,8 +24,10 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_TERMINATED",
     "EXIT_USER_ERROR",
+    "PeerFailed",
     "Terminated",
     "checkpoint_errors",
+    "exit_status",
     "os_error_message",
     "run_main",
     "sigterm_raises",
@@ -59,6 +61,17 @@ class Terminated(BaseException):
         self.signum = signum
 
 
+class PeerFailed(Exception):
+    """This process of a multi-process run stops because another process failed first and reports the error
+    itself: :func:`run_main` exits with ``status`` (that process's) and prints nothing, so that the run shows one
+    error, not one per process plus the consequences (lost connections, missing temporary files)."""
+
+    def __init__(self, status: int, rank: int) -> None:
+        super().__init__(f"process {rank} failed (exit status {status})")
+        self.status = status
+        self.rank = rank
+
+
 def checkpoint_errors() -> tuple[type[BaseException], ...]:
     """The user errors of reading checkpoints, merging them and writing the results: the ones of a command that
     needs no dataset or model code (``tsvmerge merge``), cheap to import."""
@@ -68,11 +81,12 @@ def checkpoint_errors() -> tuple[type[BaseException], ...]:
         CheckpointNotFoundError,
         UnsafeCheckpointError,
     )
+    from ..checkpoints.errors import CheckpointPermissionError
     from ..checkpoints.paths import OutputPathError
     from ..merging.engine import NonFiniteResultError
 
     return (CheckpointNotFoundError, CheckpointMismatchError, CheckpointFormatError, UnsafeCheckpointError,
-            OutputPathError, NonFiniteResultError)
+            CheckpointPermissionError, OutputPathError, NonFiniteResultError)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -91,6 +105,19 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     return (*checkpoint_errors(), ConfigError, MissingInputsError, DatasetNotFoundError, DatasetTooSmallError,
             AccuracyFileError, EncoderWeightsError, PretrainedWeightsError)
+
+
+def exit_status(error: BaseException, user_errors: tuple[type[BaseException], ...]) -> int:
+    """The exit status :func:`run_main` gives ``error`` (1 for a bug: Python's status after a traceback)."""
+    if isinstance(error, PeerFailed):
+        return error.status
+    if isinstance(error, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(error, Terminated):
+        return EXIT_TERMINATED
+    if isinstance(error, user_errors) or (isinstance(error, OSError) and error.filename is not None):
+        return EXIT_USER_ERROR
+    return 1
 
 
 def os_error_message(error: OSError) -> str:
@@ -128,7 +155,8 @@ def run_main(prog: str, body: Callable[[], int | None], *,
 
     - errors in ``user_errors`` (default: :func:`user_errors`) -> ``<prog>: error: <message>``, 2;
     - an OSError naming a file (permission denied, disk full, is a directory) -> that path and the reason, 2;
-    - KeyboardInterrupt -> 130; SIGTERM -> 143 (after ``body``'s clean-up ran).
+    - KeyboardInterrupt -> 130; SIGTERM -> 143 (after ``body``'s clean-up ran);
+    - :class:`PeerFailed` (another process of the run failed first and reported it) -> its status, silently.
 
     Any other exception is a bug and propagates with its traceback. ``body``'s return value (``None``: 0) is the
     exit status.
@@ -137,6 +165,8 @@ def run_main(prog: str, body: Callable[[], int | None], *,
     try:
         with sigterm_raises():
             status = body()
+    except PeerFailed as failed:
+        return failed.status
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -149,7 +179,7 @@ def run_main(prog: str, body: Callable[[], int | None], *,
     except OSError as error:
         if error.filename is None:
             raise
-        print(f"{prog}: error: {os_error_message(error)}", file=sys.stderr)
+        print(f"{prog}: error: {_message(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0 if status is None else int(status)
 
@@ -159,6 +189,7 @@ def _default_user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _message(error: BaseException) -> str:
-    if isinstance(error, OSError) and error.filename is not None:
+    # An OSError naming a file gets the system's reason and a hint, unless its class words its own message.
+    if isinstance(error, OSError) and error.filename is not None and type(error).__str__ is OSError.__str__:
         return os_error_message(error)
     return str(error).strip() or type(error).__name__
