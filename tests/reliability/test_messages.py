@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from tests.reliability.contract import Checkpoints, assert_rejected, no_leftovers
+from tests.reliability.test_entry_points import run_script
 from tsvmerge.cli import main as cli_main
 from tsvmerge.config import ConfigSource, compose_config, settings_from_config
 
@@ -40,17 +41,6 @@ defaults:
 
 num_tasks: 14
 """
-
-
-def run_script(script: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    """``python <script> <args>`` in this process (logging as in a fresh process); returns the exit status."""
-    monkeypatch.setattr(sys, "argv", [str(REPO / script), *args])
-    monkeypatch.setattr(logging.root, "handlers", [])
-    try:
-        runpy.run_path(str(REPO / script), run_name="__main__")
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return 0
 
 
 def script_main(script: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
@@ -130,21 +120,15 @@ def test_main_py_searches_config_dir_first_for_group_options(tmp_path: Path, mon
     assert re.search(r"^  k: 33(\.0)?$", out, re.M) and re.search(r"^num_tasks: 8$", out, re.M), out + err
 
 
-@pytest.mark.parametrize("script", ["main.py", "analyze.py"])
-def test_hydra_scripts_reject_missing_config_dir(script: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("script", ["main.py", "analyze.py", "finetune.py", "eval_single_task.py"])
+def test_scripts_reject_missing_config_dir(script: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Hydra scripts (main.py, analyze.py) run as ``python <script>``, argparse ones through their ``main``."""
     missing = tmp_path / "nowhere"
-    code = run_script(script, ["--config-dir", str(missing), "--cfg", "job"], monkeypatch)
-    out, err = capsys.readouterr()
-    assert_rejected(code, out, err, script, str(missing), "does not exist")
-    assert len(err.strip().splitlines()) == 1, err
-
-
-@pytest.mark.parametrize("script", ["finetune.py", "eval_single_task.py"])
-def test_argparse_scripts_reject_missing_config_dir(script: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    missing = tmp_path / "nowhere"
-    code = script_main(script, ["--config-dir", str(missing), "--model", "demo"], monkeypatch)
+    if script in ("main.py", "analyze.py"):
+        code = run_script(script, ["--config-dir", str(missing), "--cfg", "job"], monkeypatch)
+    else:
+        code = script_main(script, ["--config-dir", str(missing), "--model", "demo"], monkeypatch)
     out, err = capsys.readouterr()
     assert_rejected(code, out, err, script, str(missing), "does not exist")
     assert len(err.strip().splitlines()) == 1, err
