@@ -37,11 +37,10 @@ from .checkpoints.output_folders import (
     owned_directory,
     remove_stale_temporaries,
 )
-from .checkpoints.paths import OutputPathError, check_output_path, same_file
+from .utils.files import OutputPathError, check_output_path, same_file, write_json
 from .checkpoints.sharded import parse_size
 from .checkpoints.sources import resolve_source
 from .checkpoints.tall_mask_files import save_tall_masks
-from .evaluation.results import write_json
 from .merge_folder import plan_for, tied_entries, write_merged_folders
 from .merging import (
     MergeMethod,
@@ -57,7 +56,7 @@ from .merging.collective import Collective, ProcessGroupCollective, SingleProces
 from .merging.entry_rules import check_rules_match, rules_for
 from .merging.svd import SVD_MODES
 from .utils.device import activate_device, resolve_device
-from .utils.entry_point import checkpoint_errors, run_main
+from .utils.entry_point import run_main
 from .utils.memory import MemoryMonitor
 
 if TYPE_CHECKING:
@@ -136,14 +135,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _command_errors() -> tuple[type[BaseException], ...]:
-    """User errors of ``download`` and ``doctor``: every entry point's, plus failed downloads and bad arguments."""
-    from .download.errors import DownloadError
-    from .utils.entry_point import user_errors
-
-    return (*user_errors(), DownloadError, ValueError)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)
@@ -160,9 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{'':26s} {params}")
         return 0
     if args.command in ("download", "doctor"):
-        return run_main(PROG, lambda: args.run(args), user_errors=_command_errors())
+        return run_main(PROG, lambda: args.run(args), user_errors=(ValueError,))  # bad arguments
     # ValueError (ConfigError included) / RuntimeError: bad method parameters, an unavailable device.
-    return run_main(PROG, lambda: _merge(args), user_errors=(*checkpoint_errors(), ValueError, RuntimeError))
+    return run_main(PROG, lambda: _merge(args), user_errors=(ValueError, RuntimeError))
 
 
 # ------------------------------------------------------------------------------------ checks before any work
@@ -317,7 +308,7 @@ def _processes(choice: str) -> Iterator[tuple[torch.device, Collective]]:
             # settling or add a message; run_main restores the handler it found.
             with contextlib.suppress(ValueError):  # not the main thread
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            status = exit_status(error, (*checkpoint_errors(), ValueError, RuntimeError))
+            status = exit_status(error, (ValueError, RuntimeError))
             first = collective.first_failure(error, status)
             if first is not None:
                 raise PeerFailed(first[1], first[0]) from None

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tsvmerge.data import BENCHMARK_DATASETS
-from tsvmerge.evaluation.results import RESULT_SCHEMA, result_path, write_json
+from tsvmerge.evaluation.results import RESULT_SCHEMA, result_path
+from tsvmerge.utils.files import write_json
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tsvmerge.checkpoints import CheckpointFormatError, atomic_write, open_state_dict
+from tsvmerge.checkpoints import CheckpointFormatError, open_state_dict
 from tsvmerge.checkpoints.errors import CorruptCheckpointError, NonFiniteCheckpointError
 from tsvmerge.checkpoints.output_folders import MANIFEST_NAME, OutputRecord, owned_directory
-from tsvmerge.checkpoints.paths import OutputPathError, check_output_path
+from tsvmerge.utils.files import OutputPathError, atomic_write, check_output_path
 from tsvmerge.checkpoints.state_dict import check_finite
 
 

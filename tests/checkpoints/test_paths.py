@@ -7,7 +7,6 @@ import pytest
 from tsvmerge.checkpoints import (
     CHECKPOINT_HELP,
     CheckpointNotFoundError,
-    atomic_write,
     find_zeroshot_checkpoint,
     finetuned_checkpoint_path,
     head_path,
@@ -15,6 +14,7 @@ from tsvmerge.checkpoints import (
     tall_mask_paths,
     zeroshot_checkpoint_path,
 )
+from tsvmerge.utils.files import atomic_write
 
 
 @pytest.mark.parametrize("dataset", ["MNIST", "MNISTVal"])

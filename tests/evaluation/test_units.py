@@ -17,7 +17,8 @@ from tests.evaluation.world import ARCH, OPEN_CLIP_CONFIG
 from tsvmerge.evaluation.alpha_search import InPlaceWeights, alpha_grid, alpha_label
 from tsvmerge.evaluation.evaluate import EvalSplit, Evaluator, Runtime
 from tsvmerge.evaluation.metrics import AccuracyFileError, first_best, load_ft_accuracies, metrics_section
-from tsvmerge.evaluation.results import format_table, json_safe, result_path, result_suffix, write_json
+from tsvmerge.evaluation.results import format_table, result_path, result_suffix
+from tsvmerge.utils.files import json_safe, write_json
 from tsvmerge.evaluation.tracking import Tracker, WandbSettings
 from tsvmerge.merging import build_method
 from tsvmerge.models.encoder import EncoderWeightsError, ImageEncoder, build_image_encoder, load_encoder_weights

@@ -9,7 +9,8 @@ import signal
 import pytest
 
 from tsvmerge.checkpoints import CheckpointFormatError
-from tsvmerge.utils.entry_point import Terminated, run_main, sigterm_raises, user_errors
+from tsvmerge.utils.entry_point import Terminated, run_main, sigterm_raises
+from tsvmerge.utils.errors import UserError
 
 
 def test_status_of_a_normal_body() -> None:
@@ -87,9 +88,35 @@ def test_sigterm_raises_is_a_base_exception_that_except_exception_does_not_swall
             pytest.fail("SIGTERM was swallowed")
 
 
-def test_user_errors_include_the_too_small_dataset() -> None:
-    from tsvmerge.checkpoints.paths import OutputPathError
-    from tsvmerge.data.errors import DatasetTooSmallError
+def test_every_user_facing_error_is_a_user_error() -> None:
+    """run_main answers them with one line and status 2 because they derive from UserError, not from a list."""
+    from tsvmerge.analysis.report import ResultFileError
+    from tsvmerge.checkpoints import CheckpointFormatError, CheckpointMismatchError, UnsafeCheckpointError
+    from tsvmerge.checkpoints.errors import CheckpointPermissionError
+    from tsvmerge.checkpoints.hf_folder import AmbiguousModelFolderError
+    from tsvmerge.checkpoints.paths import CheckpointNotFoundError
+    from tsvmerge.utils.files import OutputPathError
+    from tsvmerge.config import ConfigError
+    from tsvmerge.data.errors import DatasetNotFoundError, DatasetTooSmallError
+    from tsvmerge.download.data import DownloadError as DataDownloadError
+    from tsvmerge.download.errors import DownloadError
+    from tsvmerge.evaluation.metrics import AccuracyFileError
+    from tsvmerge.evaluation.preflight import MissingInputsError
     from tsvmerge.merging.engine import NonFiniteResultError
+    from tsvmerge.models.encoder import EncoderWeightsError
+    from tsvmerge.models.factory import PretrainedWeightsError
 
-    assert {DatasetTooSmallError, OutputPathError, NonFiniteResultError} <= set(user_errors())
+    for cls in (ResultFileError, CheckpointFormatError, CheckpointMismatchError, UnsafeCheckpointError,
+                CheckpointPermissionError, AmbiguousModelFolderError, CheckpointNotFoundError, OutputPathError,
+                ConfigError, DatasetNotFoundError, DatasetTooSmallError, DataDownloadError, DownloadError,
+                AccuracyFileError, MissingInputsError, NonFiniteResultError, EncoderWeightsError,
+                PretrainedWeightsError):
+        assert issubclass(cls, UserError), cls
+
+
+def test_a_user_error_is_one_line_and_status_2(capsys: pytest.CaptureFixture) -> None:
+    def body():
+        raise UserError("input 'x' is wrong; give another")
+
+    assert run_main("prog", body) == 2
+    assert capsys.readouterr().err == "prog: error: input 'x' is wrong; give another\n"

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig
 
 from ..config import ConfigError, ConfigSource
-from ..evaluation.results import write_json
+from ..utils.files import write_json
+from ..utils.errors import UserError
 from .common import EvalSession, Workspace, open_task_vectors, tasks_tag
 from .params import (
     ANALYSIS_PARAMS,
@@ -192,7 +193,7 @@ def run_spectra(ws: Workspace, p: SpectraParams) -> list[Path]:
 
 
 def run_merged_spectra(ws: Workspace, p: MergedSpectraParams) -> list[Path]:
-    from ..checkpoints.paths import atomic_write
+    from ..utils.files import atomic_write
     from ..plotting.lowrank import plot_merged_spectra
     from ..merging import method_label
     from ..plotting.style import write_csv
@@ -248,7 +249,7 @@ def run_truncation(ws: Workspace, p: TruncationParams) -> list[Path]:
 
 
 def run_ablation(ws: Workspace, p: AblationParams) -> list[Path]:
-    from ..checkpoints.paths import atomic_write
+    from ..utils.files import atomic_write
     from ..plotting.evaluation import plot_ablation
     from ..plotting.style import write_csv
     from .ablation import ablation_markdown, ablation_rows
@@ -284,7 +285,7 @@ def run_alpha_heatmap(ws: Workspace, p: AlphaHeatmapParams) -> list[Path]:
 
 
 def run_compression(ws: Workspace, p: CompressionParams) -> list[Path]:
-    from ..checkpoints.paths import atomic_write
+    from ..utils.files import atomic_write
     from ..evaluation.metrics import AccuracyFileError, load_ft_accuracies
     from ..merging import method_label
     from ..plotting.evaluation import plot_compression
@@ -392,13 +393,11 @@ def check_analysis_config(cfg: DictConfig) -> Any:
 
 def run_from_hydra(cfg: DictConfig, source: ConfigSource) -> list[Path]:
     """Body of ``analyze.py``: validate, run, list the files; user errors exit with status 2 and a message."""
-    from ..utils.entry_point import user_errors
-
     try:
         params = check_analysis_config(cfg)
         name = str(cfg.analysis.name)
         files = run_analysis(name, Workspace(cfg, source), params)
-    except user_errors() as exc:  # ConfigError included
+    except UserError as exc:  # ConfigError included
         print(f"analyze.py: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"{name}: {len(files)} files written")

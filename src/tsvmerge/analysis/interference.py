@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..config import ConfigError
 from ..merging import TaskVectors
-from ..merging.interference import interference_per_block, transformer_block
+from ..merging.interference import block_overlap, interference_per_block, transformer_block
 from ..merging.registry import ablation_rows
 from ..merging.tsv import TaskSingularVectors, components_per_task, orthogonalize, task_singular_vectors
 from .common import block_index, layer_label, matrix_entries
@@ -195,23 +195,6 @@ def gram_data(tasks: TaskVectors, key: str, *, rank: str = "low", chunk_size: in
         values[stage] = sti(vectors, chunk_size)
     names = [tasks.names[i] for i in entry.changed]
     return GramData(key, rank, names, [tsv.k] * len(names), grams, values)
-
-
-def block_overlap(gram: Tensor, sizes: Sequence[int]) -> list[list[dict[str, float]]]:
-    """Per pair of task blocks of a Gram matrix: mean |entry| and Frobenius norm of (G − I) on that block."""
-    offsets = [0]
-    for size in sizes:
-        offsets.append(offsets[-1] + size)
-    off = gram.double() - torch.eye(gram.shape[0], dtype=torch.float64)
-    table = []
-    for i in range(len(sizes)):
-        row = []
-        for j in range(len(sizes)):
-            block = off[offsets[i]:offsets[i + 1], offsets[j]:offsets[j + 1]]
-            row.append({"mean_abs": float(block.abs().mean()) if block.numel() else math.nan,
-                        "frobenius": float(torch.linalg.matrix_norm(block)) if block.numel() else math.nan})
-        table.append(row)
-    return table
 
 
 # --------------------------------------------------------------------------------- STI vs accuracy (Fig. 8)

@@ -36,6 +36,7 @@ from ..data import is_benchmark_prefix
 from ..merging.registry import display_rank, method_label
 from ..plotting.style import METHOD_LABELS
 from ..utils.entry_point import run_main
+from ..utils.errors import UserError
 from .multirun import read_sweep, sweep_markdown
 
 __all__ = [
@@ -101,7 +102,7 @@ def _suffix(path: Path) -> str:
     return stem.split(marker, 1)[1] if marker in stem else ""
 
 
-class ResultFileError(ValueError):
+class ResultFileError(UserError, ValueError):
     """A file under the results folder that cannot be used: unreadable, not valid JSON, or holding NaN / ±inf."""
 
 
@@ -423,8 +424,8 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, *, rada
 
     ``warn`` receives one line per result file that had to be skipped.
     """
-    from ..checkpoints.paths import atomic_write
-    from ..evaluation.results import write_json
+    from ..utils.files import atomic_write
+    from ..utils.files import write_json
     from ..plotting.evaluation import plot_radar
     from ..plotting.style import write_csv
 
@@ -539,7 +540,7 @@ def report_from_config(cfg: Any) -> int:
 def run_report(results_dir: str | Path, out: str | Path | None = None, *, radar: bool = True,
                radar_metric: str = "top1") -> int:
     """Check the folders, write the report, print it; unusable result files are skipped with a warning each."""
-    from ..checkpoints.paths import check_output_path
+    from ..utils.files import check_output_path
 
     results = Path(results_dir)
     if not results.is_dir():

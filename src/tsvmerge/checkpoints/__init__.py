@@ -6,7 +6,6 @@ Head loading lives in :mod:`tsvmerge.models.heads` (it imports this package, so 
 from tsvmerge.checkpoints.paths import (
     CHECKPOINT_HELP,
     CheckpointNotFoundError,
-    atomic_write,
     dataset_base_name,
     find_zeroshot_checkpoint,
     finetuned_checkpoint_path,
@@ -41,7 +40,6 @@ __all__ = [
     "LazyStateDict",
     "LegacyImageEncoder",
     "UnsafeCheckpointError",
-    "atomic_write",
     "check_compatible",
     "checkpoint_format",
     "dataset_base_name",

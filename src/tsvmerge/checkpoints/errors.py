@@ -6,6 +6,8 @@ import errno
 import os
 import pickle
 
+from ..utils.errors import UserError
+
 __all__ = [
     "CheckpointFormatError",
     "CheckpointMismatchError",
@@ -16,11 +18,11 @@ __all__ = [
 ]
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(UserError, ValueError):
     """The file is readable but does not hold a flat ``{name: tensor}`` state dict."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """Two checkpoints that must describe the same architecture have different keys or shapes."""
 
 
@@ -35,7 +37,7 @@ class NonFiniteCheckpointError(CheckpointFormatError):
     """A checkpoint tensor holds NaN or infinite values; anything merged from it would be meaningless."""
 
 
-class CheckpointPermissionError(PermissionError):
+class CheckpointPermissionError(UserError, PermissionError):
     """The file exists but this user may not read it; nothing is wrong with its content.
 
     A PermissionError (errno, filename set) that words its own one-line message, so that it is not taken for a

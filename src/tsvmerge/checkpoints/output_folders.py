@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tsvmerge.checkpoints.paths import OutputPathError, atomic_write, naming_destination, temporary_sibling
+from tsvmerge.utils.files import OutputPathError, atomic_write, naming_destination, temporary_sibling
 
 __all__ = [
     "MANIFEST_NAME",

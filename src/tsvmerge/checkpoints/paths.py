@@ -1,4 +1,4 @@
-"""Where the published checkpoints live on disk (SPEC §1), and atomic file writing.
+"""Where the published checkpoints live on disk (SPEC §1).
 
 The layout is fixed by the authors' published experiments so that users can point ``model_location`` at the
 checkpoints they already downloaded; every path the project reads or writes for them is built here.
@@ -6,33 +6,26 @@ checkpoints they already downloaded; every path the project reads or writes for 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+
+from ..utils.errors import UserError
+from ..utils.files import PathLike
 
 __all__ = [
     "CHECKPOINT_HELP",
     "CheckpointNotFoundError",
-    "OutputPathError",
-    "atomic_write",
-    "check_output_path",
     "dataset_base_name",
     "find_zeroshot_checkpoint",
     "finetuned_checkpoint_path",
     "head_path",
     "require_file",
-    "same_file",
-    "naming_destination",
-    "temporary_sibling",
     "single_task_accuracy_path",
     "tall_mask_paths",
     "zeroshot_checkpoint_path",
 ]
-
-PathLike = str | os.PathLike[str]
 
 CHECKPOINT_HELP = """\
 How to obtain the checkpoints:
@@ -45,7 +38,7 @@ How to obtain the checkpoints:
   * Or try the whole pipeline offline on a tiny CLIP and synthetic tasks: `make demo` (`model=demo`)."""
 
 
-class CheckpointNotFoundError(FileNotFoundError):
+class CheckpointNotFoundError(UserError, FileNotFoundError):
     """A checkpoint file the run needs is absent; the message says how to get it."""
 
 
@@ -146,128 +139,3 @@ def tall_mask_paths(
 def single_task_accuracy_path(results_dir: PathLike, model: str) -> Path:
     """``<results_dir>/single_task/<model>/nonlinear_ft_accuracies.json`` (denominators of normalized accuracy)."""
     return Path(results_dir) / "single_task" / _check_component(model, "model") / "nonlinear_ft_accuracies.json"
-
-
-def temporary_sibling(dest: Path, kind: str = "tmp") -> Path:
-    """A fresh hidden name next to ``dest`` (same file system, so renaming it onto ``dest`` is atomic)."""
-    return dest.parent / f".{dest.name}.{secrets.token_hex(6)}.{kind}"
-
-
-def naming_destination(error: OSError, temporary: Path, dest: Path) -> OSError:
-    """``error`` naming ``dest`` where it named the temporary file or folder (or nothing): users only ever see the
-    path they asked for."""
-    name = error.filename
-    if name is not None and not str(name).startswith(str(temporary)):
-        return error
-    shown = str(dest) if name is None else str(dest) + str(name)[len(str(temporary)):]
-    return OSError(error.errno, error.strerror or str(error), shown)
-
-
-def atomic_write(path: PathLike, write: Callable[[Path], object]) -> Path:
-    """Create ``path`` through ``write(tmp_path)`` so that readers never see a partial file.
-
-    ``write`` writes the complete file at ``tmp_path``, a fresh temporary name in the destination directory (same
-    file system, so the final ``os.replace`` is atomic); the file is then fsynced and renamed over ``path``. On
-    any error or interruption (KeyboardInterrupt, SIGTERM raised as an exception) the temporary file is removed.
-    Parent directories are created. OSErrors name ``path``, not the temporary file.
-    """
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(dest)
-    try:
-        # Not tempfile.mkstemp: its 0600 mode would end up on the final file; O_EXCL with 0666 honours the umask.
-        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except OSError as error:
-        _remove_quietly(tmp)
-        raise naming_destination(error, tmp, dest) from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    _fsync_directory(dest.parent)
-    return dest
-
-
-def _remove_quietly(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable where the platform allows it."""
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-# ----------------------------------------------------------------------------------------- output path checks
-class OutputPathError(ValueError):
-    """An output path that cannot be written, or whose writing would overwrite an input; found before any work."""
-
-
-def same_file(a: PathLike, b: PathLike) -> bool:
-    """Whether ``a`` and ``b`` are one file: the same path once links are resolved, or hard links of each other."""
-    a, b = Path(a), Path(b)
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _nearest_existing(path: Path) -> Path:
-    current = path.absolute()
-    while not current.exists() and current != current.parent:
-        current = current.parent
-    return current
-
-
-def _probe_writable(directory: Path, label: str, dest: Path) -> None:
-    """Create and delete a file in ``directory``: the only reliable check (permissions, read-only mounts, root)."""
-    probe = temporary_sibling(directory / "probe")
-    try:
-        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-    except OSError as error:
-        raise OutputPathError(f"{label} {str(dest)!r} cannot be written: creating a file in {str(directory)!r} "
-                              f"fails ({error.strerror or error}); choose another location") from None
-    finally:
-        _remove_quietly(probe)
-
-
-def check_output_path(path: PathLike, *, label: str = "output", inputs: Sequence[PathLike] = (),
-                      folder: bool = False) -> Path:
-    """Check, before any work starts, that ``path`` can be written without harming an input.
-
-    ``path`` must not be one of ``inputs`` (also through a symbolic or hard link), must be a file path (a folder
-    path when ``folder``) and its directory must be writable, or creatable in a writable one. No input may lie
-    inside an output folder. Whether an existing folder may be written is the business of
-    :func:`tsvmerge.checkpoints.output_folders.check_output_folder`. Missing directories are not created here.
-    Raises OutputPathError naming ``label`` and the path.
-    """
-    dest = Path(path)
-    shown = f"{label} {str(dest)!r}"
-    for item in map(Path, inputs):
-        if same_file(dest, item):
-            raise OutputPathError(f"{shown} is the input {str(item)!r}; writing it would overwrite that input. "
-                                  "Choose another output path.")
-        if folder and dest.resolve() in item.resolve().parents:
-            raise OutputPathError(f"{shown} holds the input {str(item)!r}, which writing the folder could "
-                                  "overwrite or delete. Choose another output folder.")
-    if dest.is_dir() and not folder:
-        raise OutputPathError(f"{shown} is an existing directory; give a file path.")
-    if dest.exists() and folder and not dest.is_dir():
-        raise OutputPathError(f"{shown} is an existing file; this output is a folder. Give a folder path.")
-    parent = _nearest_existing(dest.parent)
-    if not parent.is_dir():
-        raise OutputPathError(f"{shown} cannot be written: {str(parent)!r} is a file, not a directory.")
-    _probe_writable(parent, label, dest)
-    if folder and dest.is_dir():
-        _probe_writable(dest, label, dest)
-    return dest

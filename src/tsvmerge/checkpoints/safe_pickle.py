@@ -30,6 +30,7 @@ import torch
 
 from tsvmerge.checkpoints.errors import CheckpointPermissionError, CorruptCheckpointError
 from tsvmerge.checkpoints.paths import PathLike, require_file
+from tsvmerge.utils.errors import UserError
 
 __all__ = [
     "LEGACY_IMAGE_ENCODER_PATHS",
@@ -50,7 +51,7 @@ LEGACY_IMAGE_ENCODER_PATHS = ("src.modeling.ImageEncoder", "src.models.modeling.
 _WHY = "(a pickle can make any global it names run code, so only listed ones are admitted)"
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(UserError, pickle.UnpicklingError):
     """A pickle referenced a global outside the allow-list (or used an operation the loader refuses)."""
 
     def __init__(self, message: str, *, path: str | None = None, global_name: str | None = None) -> None:

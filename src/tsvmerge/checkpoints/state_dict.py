@@ -25,7 +25,8 @@ from tsvmerge.checkpoints.errors import (
     NonFiniteCheckpointError,
     permission_problem,
 )
-from tsvmerge.checkpoints.paths import CheckpointNotFoundError, PathLike, atomic_write, require_file
+from tsvmerge.checkpoints.paths import CheckpointNotFoundError, require_file
+from tsvmerge.utils.files import PathLike, atomic_write
 from tsvmerge.checkpoints.safe_pickle import (
     LEGACY_IMAGE_ENCODER_PATHS,
     UnsafeCheckpointError,

@@ -17,7 +17,8 @@ from typing import Any, BinaryIO
 import numpy as np
 from numpy.lib import format as npy_format
 
-from tsvmerge.checkpoints.paths import PathLike, atomic_write, require_file
+from tsvmerge.checkpoints.paths import require_file
+from tsvmerge.utils.files import PathLike, atomic_write
 from tsvmerge.checkpoints.safe_pickle import UnsafeCheckpointError, _RestrictedUnpickler
 
 __all__ = [

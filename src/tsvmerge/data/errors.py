@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..utils.errors import UserError
 
-class DatasetNotFoundError(FileNotFoundError):
+
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A benchmark dataset is not (completely) present under ``data_location``.
 
     Subclasses FileNotFoundError so callers that already catch missing files keep working; the message names the

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis.report import ResultRecord, collect_results
-from ..checkpoints.paths import atomic_write, single_task_accuracy_path
+from ..checkpoints.paths import single_task_accuracy_path
+from ..utils.files import atomic_write
 from ..merging.registry import available_methods, method_class, method_label
 from ..plotting.style import figure, method_color, save_figure, write_csv
 

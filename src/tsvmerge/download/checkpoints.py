@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checkpoints.paths import (
-    atomic_write,
     dataset_base_name,
     finetuned_checkpoint_path,
     head_path,
     tall_mask_paths,
     zeroshot_checkpoint_path,
 )
+from ..utils.files import atomic_write
 from .errors import CorruptDownloadError, HubFileNotFoundError, NotEnoughSpaceError
 from .hub_files import Hub, HubListing, hub_cache_dir, is_offline
 

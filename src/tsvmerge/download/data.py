@@ -35,6 +35,7 @@ from ..data.datasets.hub import MARKER, hub_folder, read_marker
 from ..data.registry import BENCHMARK_DATASETS, REGISTRY
 from ..data.splits import MAX_VAL_SAMPLES, SEED, VAL_FRACTION, val_size
 from ..data.templates import classnames, rule_classnames
+from ..utils.errors import UserError
 from .mirrors import EUROSAT_FOLDERS, EXPECTED_SIZES, MIRRORS, NUM_CLASSES, Mirror
 
 _BENCHMARK_SIZES = (8, 14, 20)
@@ -42,7 +43,7 @@ _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 _GB = 1024**3
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A dataset could not be fetched or does not match the published protocol; the message says why and what to do."""
 
 

@@ -6,11 +6,13 @@ The CLI reports them as one ``tsvmerge: error: ...`` line with exit status 2, li
 
 from __future__ import annotations
 
+from ..utils.errors import UserError
+
 __all__ = ["CorruptDownloadError", "DownloadError", "HubFileNotFoundError", "HubUnavailableError",
            "NotEnoughSpaceError"]
 
 
-class DownloadError(Exception):
+class DownloadError(UserError):
     """Base class: a download cannot be done or completed."""
 
 

@@ -39,11 +39,13 @@ from ..models.encoder import build_image_encoder
 from ..models.factory import ModelSpec
 from ..models.preprocess import split_preprocess
 from ..models.zeroshot_heads import load_or_build_heads
+from ..utils.errors import UserError
 from .alpha_search import EarlyStopping, InPlaceWeights, alpha_grid, alpha_label
 from .evaluate import CachePolicy, EvalSplit, Evaluator, Runtime
 from .metrics import first_best, metrics_section
 from .preflight import Preflight
-from .results import RESULT_SCHEMA, format_table, result_path, result_suffix, write_json
+from ..utils.files import write_json
+from .results import RESULT_SCHEMA, format_table, result_path, result_suffix
 from .tracking import Tracker, log_merge_result
 
 __all__ = ["EvalData", "MergeEvalOutcome", "RunInputs", "build_eval_data", "check_run_inputs", "run_merge_evaluation",
@@ -420,13 +422,12 @@ def run_from_hydra(cfg: Any) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from ..config import to_container
-    from ..utils.entry_point import user_errors
 
     try:
         settings = check_run_config(cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
         outcome = run_merge_evaluation(settings, run_dir, to_container(cfg))
-    except user_errors() as exc:
+    except UserError as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     print(outcome.table)

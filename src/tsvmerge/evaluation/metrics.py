@@ -11,6 +11,8 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..utils.errors import UserError
+
 __all__ = [
     "AccuracyFileError",
     "first_best",
@@ -21,7 +23,7 @@ __all__ = [
 ]
 
 
-class AccuracyFileError(FileNotFoundError):
+class AccuracyFileError(UserError, FileNotFoundError):
     """The single-task accuracy file (denominators of normalized accuracy) is missing or incomplete."""
 
 

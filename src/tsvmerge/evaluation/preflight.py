@@ -10,17 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checkpoints.paths import (
-    CHECKPOINT_HELP,
-    OutputPathError,
-    check_output_path,
-    find_zeroshot_checkpoint,
-    finetuned_checkpoint_path,
-    head_path,
-)
+from ..checkpoints.paths import CHECKPOINT_HELP, find_zeroshot_checkpoint, finetuned_checkpoint_path, head_path
 from ..data.errors import DatasetNotFoundError
 from ..data.registry import REGISTRY
 from ..models.factory import ModelSpec
+from ..utils.errors import UserError
+from ..utils.files import OutputPathError, check_output_path
 from .metrics import AccuracyFileError, load_ft_accuracies
 
 __all__ = ["OFFLINE_DEMO_HELP", "MissingInputsError", "Preflight", "dataset_problems", "output_folder_problem"]
@@ -32,7 +27,7 @@ OFFLINE_DEMO_HELP = (
 )
 
 
-class MissingInputsError(FileNotFoundError):
+class MissingInputsError(UserError, FileNotFoundError):
     """Files the run needs are absent; the message lists all of them and how to obtain them."""
 
 
@@ -136,7 +131,7 @@ def dataset_problems(location: str | Path, datasets: Sequence[str]) -> list[str]
 
 def output_folder_problem(folder: Path) -> str | None:
     """Why files cannot be written into ``folder`` (None: they can), by the same real-write probe as every other
-    output path (:func:`tsvmerge.checkpoints.paths.check_output_path`); nothing is created."""
+    output path (:func:`tsvmerge.utils.files.check_output_path`); nothing is created."""
     try:
         check_output_path(folder, label="folder", folder=True)
     except OutputPathError as exc:

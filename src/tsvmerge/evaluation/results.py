@@ -13,12 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from ..utils.files import json_safe, write_json
 
-from ..checkpoints.paths import atomic_write
-
-__all__ = ["RESULT_SCHEMA", "format_table", "json_safe", "result_path", "result_suffix", "write_json"]
+__all__ = ["RESULT_SCHEMA", "format_table", "result_path", "result_suffix"]
 
 RESULT_SCHEMA = "tsvmerge.merge_eval/1"
 
@@ -39,37 +36,6 @@ def result_path(results_dir: str | Path, save_subfolder: str, model: str, num_ta
     if "/" in name or name.startswith("."):
         raise ValueError(f"invalid result file name {name!r} (check model / method.full_name)")
     return Path(results_dir) / save_subfolder / name
-
-
-def json_safe(value: Any) -> Any:
-    """Tensors, numpy scalars / arrays, Paths, tuples and non-finite floats made JSON-serializable."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [json_safe(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return json_safe(value.tolist() if value.ndim else value.item())
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        return json_safe(value.item())
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
-
-
-def write_json(path: str | Path, payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` as indented JSON through a temporary file and a rename (never half-written)."""
-    text = json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n"
-
-    def write(tmp: Path) -> None:
-        tmp.write_text(text)
-
-    return atomic_write(path, write)
 
 
 def format_table(test: Mapping[str, float], datasets: Sequence[str], val: Mapping[str, float] | None = None,

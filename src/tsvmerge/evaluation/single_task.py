@@ -25,7 +25,7 @@ from ..utils.file_lock import locked
 from .evaluate import Evaluator, Runtime
 from .merge_eval import build_eval_data
 from .preflight import Preflight
-from .results import write_json
+from ..utils.files import write_json
 
 __all__ = ["FINETUNING_MODES", "SingleTaskOutcome", "accuracy_file", "record_accuracies", "run_single_task"]
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .results import json_safe
+from ..utils.files import json_safe
 
 __all__ = ["Tracker", "WandbSettings", "log_merge_result"]
 

@@ -18,13 +18,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..utils.errors import UserError
 from .parallel import default_workers, map_in_order
 from .registry import EntryMerge, MergeMethod, build_method
 from .task_vectors import ELEMENTWISE_BLOCK_BYTES, TaskEntry, TaskVectors, workspace_bytes
 from .tsv import LowRankFactors
 
 
-class NonFiniteResultError(ValueError):
+class NonFiniteResultError(UserError, ValueError):
     """A merged tensor holds NaN or ±inf (e.g. a too large α overflowing a float16 model); it is never written."""
 
 

@@ -7,9 +7,10 @@ others', which is what TSV-M's orthogonalization enforces.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -58,3 +59,20 @@ def interference_per_block(per_entry: Mapping[str, Mapping[str, float]]) -> dict
         for name, value in values.items():
             totals[block][name] += value
     return {block: dict(values) for block, values in totals.items()}
+
+
+def block_overlap(gram: Tensor, sizes: Sequence[int]) -> list[list[dict[str, float]]]:
+    """Per pair of task blocks of a Gram matrix: mean |entry| and Frobenius norm of (G − I) on that block."""
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    off = gram.double() - torch.eye(gram.shape[0], dtype=torch.float64)
+    table = []
+    for i in range(len(sizes)):
+        row = []
+        for j in range(len(sizes)):
+            block = off[offsets[i]:offsets[i + 1], offsets[j]:offsets[j + 1]]
+            row.append({"mean_abs": float(block.abs().mean()) if block.numel() else math.nan,
+                        "frobenius": float(torch.linalg.matrix_norm(block)) if block.numel() else math.nan})
+        table.append(row)
+    return table

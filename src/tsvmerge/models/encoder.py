@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..utils.errors import UserError
 from .factory import ModelSpec, Transform, create_clip
 
 __all__ = ["EncoderWeightsError", "ImageEncoder", "build_image_encoder", "load_encoder_weights"]
 
 
-class EncoderWeightsError(ValueError):
+class EncoderWeightsError(UserError, ValueError):
     """A checkpoint's keys or shapes do not fit the configured model architecture."""
 
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from ..utils.errors import UserError
+
 __all__ = [
     "ModelSpec",
     "PretrainedWeightsError",
@@ -70,7 +72,7 @@ class ModelSpec:
         return self.pretrained is not None and (os.sep in self.pretrained or Path(self.pretrained).suffix != "")
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UserError, RuntimeError):
     """The configured pre-trained weights (``model.pretrained``) cannot be loaded."""
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tsvmerge.checkpoints.paths import PathLike, atomic_write
+from tsvmerge.utils.files import PathLike, atomic_write
 from tsvmerge.checkpoints.safe_pickle import load_pickled_object
 
 __all__ = [

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..merging.interference import block_overlap
 from .style import METHOD_LABELS, figure, method_color, save_figure
 
 __all__ = ["plot_gram_heatmap", "plot_sti_layers", "plot_sti_vs_accuracy"]
@@ -78,8 +79,6 @@ def plot_gram_heatmap(gram: Any, path: str | Path, *, title: str = "") -> Path:
     ``gram`` is a :class:`tsvmerge.analysis.interference.GramData`. The full matrices are saved beside the PNG
     as ``.npz``; the JSON / CSV hold the mean |G − I| and ‖G − I‖F of every pair of task blocks.
     """
-    from ..analysis.interference import block_overlap
-
     sizes, names = list(gram.block_sizes), list(gram.tasks)
     offsets = np.cumsum([0, *sizes])
     centers = (offsets[:-1] + offsets[1:]) / 2 - 0.5

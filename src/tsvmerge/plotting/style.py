@@ -21,8 +21,7 @@ matplotlib.use("Agg")  # no display needed; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from ..checkpoints.paths import atomic_write  # noqa: E402
-from ..evaluation.results import write_json  # noqa: E402
+from ..utils.files import atomic_write, write_json  # noqa: E402
 from ..merging.registry import available_methods, display_rank, method_class  # noqa: E402
 from ..merging.registry import method_color as declared_color  # noqa: E402
 

@@ -45,7 +45,6 @@ from ..config import ConfigError
 from ..data import class_synonyms, get_dataset, templates
 from ..data.registry import default_num_workers
 from ..evaluation.preflight import Preflight
-from ..evaluation.results import json_safe, write_json
 from ..evaluation.single_task import record_accuracies
 from ..evaluation.tracking import Tracker, WandbSettings
 from ..models.encoder import ImageEncoder, build_image_encoder
@@ -53,6 +52,7 @@ from ..models.factory import ModelSpec, create_clip
 from ..models.heads import ClassificationHead
 from ..models.zeroshot_heads import load_or_build_heads
 from ..utils.device import autocast_precision
+from ..utils.files import json_safe, write_json
 from .checkpointing import (
     initial_weights_file,
     intermediate_checkpoint_path,

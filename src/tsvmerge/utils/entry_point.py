@@ -20,18 +20,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+from .errors import UserError
+
 __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_TERMINATED",
     "EXIT_USER_ERROR",
     "PeerFailed",
     "Terminated",
-    "checkpoint_errors",
     "exit_status",
     "os_error_message",
     "run_main",
     "sigterm_raises",
-    "user_errors",
+    "UserError",
 ]
 
 EXIT_USER_ERROR = 2
@@ -72,50 +73,16 @@ class PeerFailed(Exception):
         self.rank = rank
 
 
-def checkpoint_errors() -> tuple[type[BaseException], ...]:
-    """The user errors of reading checkpoints, merging them and writing the results: the ones of a command that
-    needs no dataset or model code (``tsvmerge merge``), cheap to import."""
-    from ..checkpoints import (
-        CheckpointFormatError,
-        CheckpointMismatchError,
-        CheckpointNotFoundError,
-        UnsafeCheckpointError,
-    )
-    from ..checkpoints.errors import CheckpointPermissionError
-    from ..checkpoints.paths import OutputPathError
-    from ..merging.engine import NonFiniteResultError
-
-    return (CheckpointNotFoundError, CheckpointMismatchError, CheckpointFormatError, UnsafeCheckpointError,
-            CheckpointPermissionError, OutputPathError, NonFiniteResultError)
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by an input (configuration, missing, corrupt or mismatched files, unusable output paths).
-
-    Entry points report them as one line and exit status 2. Imported lazily: the list spans modules whose import is
-    slow (datasets, models), and merely importing this module must stay cheap.
-    """
-    from ..config import ConfigError
-    from ..data import DatasetNotFoundError
-    from ..data.errors import DatasetTooSmallError
-    from ..evaluation.metrics import AccuracyFileError
-    from ..evaluation.preflight import MissingInputsError
-    from ..models.encoder import EncoderWeightsError
-    from ..models.factory import PretrainedWeightsError
-
-    return (*checkpoint_errors(), ConfigError, MissingInputsError, DatasetNotFoundError, DatasetTooSmallError,
-            AccuracyFileError, EncoderWeightsError, PretrainedWeightsError)
-
-
-def exit_status(error: BaseException, user_errors: tuple[type[BaseException], ...]) -> int:
-    """The exit status :func:`run_main` gives ``error`` (1 for a bug: Python's status after a traceback)."""
+def exit_status(error: BaseException, user_errors: tuple[type[BaseException], ...] = ()) -> int:
+    """The exit status :func:`run_main` gives ``error`` (1 for a bug: Python's status after a traceback);
+    ``user_errors``: classes counted as user errors besides :class:`UserError`."""
     if isinstance(error, PeerFailed):
         return error.status
     if isinstance(error, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     if isinstance(error, Terminated):
         return EXIT_TERMINATED
-    if isinstance(error, user_errors) or (isinstance(error, OSError) and error.filename is not None):
+    if isinstance(error, (UserError, *user_errors)) or (isinstance(error, OSError) and error.filename is not None):
         return EXIT_USER_ERROR
     return 1
 
@@ -150,10 +117,11 @@ def sigterm_raises() -> Iterator[None]:
 
 
 def run_main(prog: str, body: Callable[[], int | None], *,
-             user_errors: tuple[type[BaseException], ...] | None = None) -> int:
+             user_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run ``body`` and turn what can go wrong into an exit status and one message on stderr.
 
-    - errors in ``user_errors`` (default: :func:`user_errors`) -> ``<prog>: error: <message>``, 2;
+    - a :class:`~tsvmerge.utils.errors.UserError` (or one of the ``user_errors`` classes a command adds, e.g.
+      ``ValueError`` for a bad method parameter) -> ``<prog>: error: <message>``, 2;
     - an OSError naming a file (permission denied, disk full, is a directory) -> that path and the reason, 2;
     - KeyboardInterrupt -> 130; SIGTERM -> 143 (after ``body``'s clean-up ran);
     - :class:`PeerFailed` (another process of the run failed first and reported it) -> its status, silently.
@@ -161,7 +129,7 @@ def run_main(prog: str, body: Callable[[], int | None], *,
     Any other exception is a bug and propagates with its traceback. ``body``'s return value (``None``: 0) is the
     exit status.
     """
-    expected = _default_user_errors() if user_errors is None else user_errors
+    expected = (UserError, *user_errors)
     try:
         with sigterm_raises():
             status = body()
@@ -182,10 +150,6 @@ def run_main(prog: str, body: Callable[[], int | None], *,
         print(f"{prog}: error: {_message(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0 if status is None else int(status)
-
-
-def _default_user_errors() -> tuple[type[BaseException], ...]:
-    return user_errors()
 
 
 def _message(error: BaseException) -> str:
