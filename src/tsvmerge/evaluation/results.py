@@ -7,13 +7,11 @@ Merged-model results: ``<results_dir>/<save_subfolder>/<model>_<T>tasks_<full_na
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..utils.files import json_safe, write_json
 
 __all__ = ["RESULT_SCHEMA", "format_table", "result_path", "result_suffix"]
 
