@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-
 __all__ = ["RESULT_SCHEMA", "format_table", "result_path", "result_suffix"]
 
 RESULT_SCHEMA = "tsvmerge.merge_eval/1"
