@@ -223,9 +223,8 @@ def assert_permission_message(code: int, out: str, err: str, path: Path) -> None
     assert "damaged" not in err and "truncated" not in err and "No such file" not in err, line
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
-def test_unreadable_state_dict_file(ckpts: Checkpoints, tmp_path: Path, capsys: pytest.CaptureFixture[str], deny,
-                                    suffix: str) -> None:
+def _write_checkpoint(ckpts: Checkpoints, suffix: str) -> Path:
+    """The second fine-tuned model saved again as ``locked<suffix>`` (safetensors or torch format)."""
     from safetensors.torch import save_file
 
     target = ckpts.root / f"locked{suffix}"
@@ -233,6 +232,13 @@ def test_unreadable_state_dict_file(ckpts: Checkpoints, tmp_path: Path, capsys: 
         save_file({k: v.contiguous() for k, v in ckpts.fts[1].items()}, str(target))
     else:
         torch.save(ckpts.fts[1], target)
+    return target
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_unreadable_state_dict_file(ckpts: Checkpoints, tmp_path: Path, capsys: pytest.CaptureFixture[str], deny,
+                                    suffix: str) -> None:
+    target = _write_checkpoint(ckpts, suffix)
     deny(target)
     out_path = tmp_path / "merged.pt"
     code = cli_main(ckpts.merge_argv("sum", out_path, finetuned=[ckpts.finetuned[0], target]))
@@ -285,13 +291,7 @@ def test_unreadable_index_of_model_folder(tmp_path: Path, capsys: pytest.Capture
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_chmod_000_checkpoint(ckpts: Checkpoints, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                               suffix: str) -> None:
-    from safetensors.torch import save_file
-
-    target = ckpts.root / f"locked{suffix}"
-    if suffix == ".safetensors":
-        save_file({k: v.contiguous() for k, v in ckpts.fts[1].items()}, str(target))
-    else:
-        torch.save(ckpts.fts[1], target)
+    target = _write_checkpoint(ckpts, suffix)
     target.chmod(0)
     try:
         code = cli_main(ckpts.merge_argv("sum", tmp_path / "merged.pt", finetuned=[ckpts.finetuned[0], target]))
