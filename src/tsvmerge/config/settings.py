@@ -19,11 +19,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..evaluation.tracking import WandbSettings
 from ..models.factory import ModelSpec
 from .compose import section_values, to_container
 from .errors import ConfigError
 from .schema import RunSchema
+from .tracking import WandbSettings
 
 __all__ = [
     "MethodChoice",

@@ -18,22 +18,12 @@ Offline runs (``wandb.mode=offline``, e.g. on cluster nodes without internet) ar
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from ..config.tracking import WANDB_MODES, WandbSettings
 from ..utils.files import json_safe
 
 __all__ = ["Tracker", "WandbSettings", "log_merge_result"]
-
-WANDB_MODES = ("disabled", "offline", "online")
-
-
-@dataclass(frozen=True)
-class WandbSettings:
-    mode: str = "disabled"
-    project: str = "tsvmerge"
-    entity: str | None = None
-    group: str | None = None
 
 
 class Tracker:

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from ..config import ConfigError, Problems, to_container
 from ..config.schema import FinetuneSchema
 from ..config.settings import check_minimums, dataset_names, model_spec, wandb_settings
-from ..evaluation.tracking import WandbSettings
+from ..config.tracking import WandbSettings
 from .protocol import default_hyperparameters, default_tasks
 from .run import FinetuneConfig
 
