@@ -66,6 +66,9 @@ PROG = "tsvmerge"
 STATE_DICT_SUFFIXES = {".pt", ".safetensors", ".pth", ".bin"}
 _TASK_FILE = re.compile(r"task\d+\.pt")
 _IN_TASK_FOLDER = re.compile(r"task\d+/(?P<name>[^/]+)")
+#: Besides UserError, what a merge reports as the user's: bad method parameters (ValueError, ConfigError included)
+#: and an unavailable device (RuntimeError).
+_MERGE_USER_ERRORS = (ValueError, RuntimeError)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: The sub-commands of ``tsvmerge download``: modules of :mod:`tsvmerge.download`, each exposing
 #: ``add_parser(subparsers)``, which registers the sub-command with ``set_defaults(run=<function(args) -> int>)``.
@@ -152,8 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command in ("download", "doctor"):
         return run_main(PROG, lambda: args.run(args), user_errors=(ValueError,))  # bad arguments
-    # ValueError (ConfigError included) / RuntimeError: bad method parameters, an unavailable device.
-    return run_main(PROG, lambda: _merge(args), user_errors=(ValueError, RuntimeError))
+    return run_main(PROG, lambda: _merge(args), user_errors=_MERGE_USER_ERRORS)
 
 
 # ------------------------------------------------------------------------------------ checks before any work
@@ -308,7 +310,7 @@ def _processes(choice: str) -> Iterator[tuple[torch.device, Collective]]:
             # settling or add a message; run_main restores the handler it found.
             with contextlib.suppress(ValueError):  # not the main thread
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            status = exit_status(error, (ValueError, RuntimeError))
+            status = exit_status(error, _MERGE_USER_ERRORS)
             first = collective.first_failure(error, status)
             if first is not None:
                 raise PeerFailed(first[1], first[0]) from None

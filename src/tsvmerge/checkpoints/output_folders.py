@@ -30,7 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tsvmerge.utils.files import OutputPathError, atomic_write, naming_destination, temporary_sibling
+from tsvmerge.utils.files import (
+    OutputPathError,
+    atomic_write,
+    fsync_directory,
+    naming_destination,
+    temporary_sibling,
+)
 
 __all__ = [
     "MANIFEST_NAME",
@@ -302,7 +308,7 @@ def _put_in_place(new: Path, dest: Path) -> None:
         shutil.rmtree(dest)  # empty directories only
     if not dest.exists():
         os.rename(new, dest)
-        _fsync_parent(dest)
+        fsync_directory(dest.parent)
         return
     owned = _owned(dest)
     if owned is None or not dest.is_dir():
@@ -317,7 +323,7 @@ def _put_in_place(new: Path, dest: Path) -> None:
         except BaseException:
             os.rename(old, dest)
             raise
-        _fsync_parent(dest)
+        fsync_directory(dest.parent)
         remove_owned_files(old)
         with contextlib.suppress(OSError):
             old.rmdir()
@@ -349,13 +355,4 @@ def _merge_into(new: Path, dest: Path, old_files: set[str], foreign: list[str]) 
         if not any(f.startswith(name + "/") for f in foreign):
             with contextlib.suppress(OSError):
                 (dest / name).rmdir()
-    _fsync_parent(dest)
-
-
-def _fsync_parent(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_directory(dest.parent)

@@ -259,10 +259,10 @@ def run_merge_evaluation(settings: RunSettings, run_dir: Path | None = None,
             finetuned = [open_state_dict(p) for p in finetuned_paths]
             rules = rules_for(theta0, svd_keys=settings.svd_keys, average_keys=settings.average_keys)
             try:
-                check_rules_match(rules, {key: theta0.shape(key) for key in theta0})
+                check_rules_match(rules, {key: theta0.shape(key) for key in theta0},
+                                  ("method.svd_keys", "method.average_keys"))
             except ValueError as exc:
-                raise ConfigError(str(exc).replace("--svd-keys", "method.svd_keys")
-                                  .replace("--average-keys", "method.average_keys")) from None
+                raise ConfigError(str(exc)) from None
             tasks = TaskVectors(theta0, finetuned, names=datasets, device=runtime.device, rules=rules)
             result = merge(method.for_benchmark(spec.name, len(datasets)), tasks, progress=progress)
         timing["merge_s"] = time.perf_counter() - tick

@@ -90,14 +90,16 @@ def rules_for(keys: Iterable[str], config: Mapping[str, Any] | None = None, *, s
     return EntryRules(detect_family(keys, config), svd_keys, average_keys)
 
 
-def check_rules_match(rules: EntryRules, shapes: Mapping[str, Sequence[int]]) -> None:
-    """Refuse an override that matches no matrix of the model (``shapes``: θ0's entries).
+def check_rules_match(rules: EntryRules, shapes: Mapping[str, Sequence[int]],
+                      options: tuple[str, str] = ("--svd-keys", "--average-keys")) -> None:
+    """Refuse an override that matches no matrix of the model (``shapes``: θ0's entries); ``options`` name the two
+    overrides as the user gave them (flags, or config keys).
 
     Such a rule is a typo or a pattern for another model, and it would silently change the method: ``svd_keys``
     matching nothing sends no matrix through the SVD, which makes TSV-M a plain average.
     """
     matrices = [key for key, shape in shapes.items() if len(shape) == 2]
-    for option, pattern in (("--svd-keys", rules.svd_keys), ("--average-keys", rules.average_keys)):
+    for option, pattern in zip(options, (rules.svd_keys, rules.average_keys), strict=True):
         if pattern is None:
             continue
         compiled = _compile(pattern, option)

@@ -24,6 +24,7 @@ __all__ = [
     "PathLike",
     "atomic_write",
     "check_output_path",
+    "fsync_directory",
     "json_safe",
     "naming_destination",
     "same_file",
@@ -73,7 +74,7 @@ def atomic_write(path: PathLike, write: Callable[[Path], object]) -> Path:
     except BaseException:
         _remove_quietly(tmp)
         raise
-    _fsync_directory(dest.parent)
+    fsync_directory(dest.parent)
     return dest
 
 
@@ -82,7 +83,7 @@ def _remove_quietly(path: Path) -> None:
         path.unlink()
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make a rename in ``directory`` durable where the platform allows it."""
     with contextlib.suppress(OSError):
         dir_fd = os.open(directory, os.O_RDONLY)
