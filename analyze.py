@@ -28,9 +28,9 @@ CONFIG_DIR = Path(__file__).resolve().parent / "config"
 @hydra.main(config_path="config", config_name="analyze", version_base=None)
 def main(cfg: DictConfig) -> None:
     from tsvmerge.analysis.commands import run_from_hydra
-    from tsvmerge.config import ConfigSource
+    from tsvmerge.recipes.configs import config_source
 
-    run_from_hydra(cfg, ConfigSource(CONFIG_DIR))
+    run_from_hydra(cfg, config_source(CONFIG_DIR))
 
 
 def cli() -> None:
@@ -39,10 +39,10 @@ def cli() -> None:
 
     enable_huge_pages()  # before torch's first allocation (src/tsvmerge/utils/huge_pages.py)
     from tsvmerge.analysis.commands import check_analysis_config
-    from tsvmerge.config import ConfigSource
+    from tsvmerge.recipes.configs import config_source
     from tsvmerge.config.compose import run_checked_app
 
-    raise SystemExit(run_checked_app("analyze.py", main, ConfigSource(CONFIG_DIR), "analyze",
+    raise SystemExit(run_checked_app("analyze.py", main, config_source(CONFIG_DIR), "analyze",
                                      check_analysis_config))
 
 

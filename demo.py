@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
     enable_huge_pages()  # before torch's first allocation (src/tsvmerge/utils/huge_pages.py)
     args = build_parser().parse_args(argv)
-    from tsvmerge.config import ConfigSource, compose_config
+    from tsvmerge.config import compose_config
+    from tsvmerge.recipes.configs import config_source
     from tsvmerge.config.flags import flag_overrides, quote
     from tsvmerge.demo import DEFAULT_ANALYSES, demo_plan, run_demo
     from tsvmerge.utils.entry_point import run_main
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = flag_overrides(args)
     if args.analyses is not None:
         overrides.append(f"analyses={quote(args.analyses or list(DEFAULT_ANALYSES))}")
-    source = ConfigSource(CONFIG_DIR)
+    source = config_source(CONFIG_DIR)
 
     def body() -> None:
         run_demo(demo_plan(compose_config(source, "demo", [*overrides, *args.overrides]), source))

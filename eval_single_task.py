@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import logging
 
-    from tsvmerge.config import ConfigSource, compose_config
+    from tsvmerge.config import compose_config
+    from tsvmerge.recipes.configs import config_source
     from tsvmerge.config.flags import flag_overrides
     from tsvmerge.evaluation.single_task import run_single_task
     from tsvmerge.evaluation.single_task_settings import single_task_settings
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
 
     def body() -> int:
-        source = ConfigSource(CONFIG_DIR).with_extra(args.config_dir)
+        source = config_source(CONFIG_DIR, args.config_dir)
         settings = single_task_settings(compose_config(source, "eval_single_task",
                                                        [*flag_overrides(args), *args.overrides]))
         outcome = run_single_task(**settings)

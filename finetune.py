@@ -56,11 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace):  # -> tsvmerge.training.run.FinetuneConfig
-    from tsvmerge.config import ConfigSource, compose_config
+    from tsvmerge.config import compose_config
+    from tsvmerge.recipes.configs import config_source
     from tsvmerge.config.flags import flag_overrides
     from tsvmerge.training.settings import finetune_config
 
-    source = ConfigSource(CONFIG_DIR).with_extra(args.config_dir)
+    source = config_source(CONFIG_DIR, args.config_dir)
     return finetune_config(compose_config(source, "finetune", [*flag_overrides(args), *args.overrides]))
 
 

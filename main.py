@@ -41,11 +41,11 @@ def cli() -> None:
 
     enable_huge_pages()  # before torch's first allocation: merging allocates large CPU tensors per layer
     cap_heap_retention()  # freed per-task workspaces go back to the system (src/tsvmerge/utils/allocator.py)
-    from tsvmerge.config import ConfigSource
+    from tsvmerge.recipes.configs import config_source
     from tsvmerge.config.compose import run_checked_app
     from tsvmerge.evaluation.merge_eval import check_run_config
 
-    raise SystemExit(run_checked_app("main.py", main, ConfigSource(CONFIG_DIR), "config", check_run_config))
+    raise SystemExit(run_checked_app("main.py", main, config_source(CONFIG_DIR), "config", check_run_config))
 
 
 if __name__ == "__main__":

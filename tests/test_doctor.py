@@ -61,11 +61,13 @@ def test_downloaded_checkpoints_and_datasets_make_a_ready_run(workdir: Path, cap
     assert "ready: 3 checkpoints, 2 zero-shot heads, 2 datasets, 1 single-task accuracies present" in out
     assert "Run: python main.py model=ViT-B-32 DATASETS=[MNIST,EuroSAT]" in out and "missing" not in out
 
-    from tsvmerge.config import ConfigSource, compose_config, settings_from_config
+    from tsvmerge.config import compose_config
+    from tsvmerge.evaluation.run_settings import settings_from_config
+    from tsvmerge.recipes.configs import config_source
     from tsvmerge.doctor import main_config_dir
     from tsvmerge.evaluation.merge_eval import check_run_inputs
 
-    settings = settings_from_config(compose_config(ConfigSource(main_config_dir()), "config", run))
+    settings = settings_from_config(compose_config(config_source(main_config_dir()), "config", run))
     inputs = check_run_inputs(settings)
     inputs.check.raise_if_missing()  # main.py's own preflight passes
     assert inputs.zeroshot == Path("models/checkpoints/ViT-B-32/MNISTVal/nonlinear_zeroshot.pt")

@@ -60,7 +60,7 @@ from .utils.entry_point import run_main
 from .utils.memory import MemoryMonitor
 
 if TYPE_CHECKING:
-    from .config.settings import MethodChoice
+    from .merging.method_config import MethodChoice
 
 PROG = "tsvmerge"
 STATE_DICT_SUFFIXES = {".pt", ".safetensors", ".pth", ".bin"}
@@ -185,7 +185,7 @@ def _entry_rule_overrides(args: argparse.Namespace, choice: MethodChoice,
 
 def _method_choice(args: argparse.Namespace) -> MethodChoice:
     """The ``--set`` assignments (plus ``--svd`` / ``--report-sti``) checked against the method's schema."""
-    from .config.settings import method_choice
+    from .merging.method_config import method_choice
 
     params = _parse_assignments(args.params)
     available = method_parameters(args.method) if args.method in available_methods() else {}

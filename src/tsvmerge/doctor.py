@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import RunSettings
+    from .evaluation.run_settings import RunSettings
     from .evaluation.merge_eval import RunInputs
 
 __all__ = ["EXIT_MISSING", "EXIT_READY", "Diagnosis", "add_parser", "diagnose", "main_config_dir", "run"]
@@ -190,10 +190,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace, out: Callable[[str], object] = print) -> int:
     """Body of ``tsvmerge doctor``: print the diagnosis; 0 ready, 1 missing (configuration errors raise)."""
-    from .config import ConfigSource, compose_config, settings_from_config
+    from .config import compose_config
+    from .recipes.configs import config_source
+    from .evaluation.run_settings import settings_from_config
     from .evaluation.merge_eval import check_run_inputs
 
-    source = ConfigSource(main_config_dir()).with_extra(args.config_dir)
+    source = config_source(main_config_dir(), args.config_dir)
     settings = settings_from_config(compose_config(source, "config", args.overrides))
     diagnosis = diagnose(settings, check_run_inputs(settings), args.overrides)
     for line in diagnosis.lines():

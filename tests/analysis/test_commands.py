@@ -281,9 +281,10 @@ def _workspace(world: World, tmp_path: Path):
     """A Workspace composed from config/config.yaml like analyze.py's (library use, no Hydra application)."""
     from tests.analysis.conftest import REPO
     from tsvmerge.analysis import Workspace
-    from tsvmerge.config import ConfigSource, compose_config
+    from tsvmerge.config import compose_config
+    from tsvmerge.recipes.configs import config_source
 
-    source = ConfigSource(REPO / "config").with_extra([world.conf])
+    source = config_source(REPO / "config", [world.conf])
     cfg = compose_config(source, "config", [
         f"model={MODEL}", f"DATASETS=[{','.join(world.datasets)}]", f"data_location={world.data}", "device=cpu",
         f"model_location={world.checkpoints}", f"results_dir={tmp_path / 'results'}",

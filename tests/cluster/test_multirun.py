@@ -126,12 +126,13 @@ def test_slurm_launcher_config_reaches_sbatch(demo_world: DemoWorld, tmp_path: P
 def test_launcher_typos_stop_before_submitting(demo_world: DemoWorld) -> None:
     """main.py composes every job, launcher keys included, before Hydra submits anything (what main.py's cli()
     runs first; exit status 2 with this message)."""
-    from tsvmerge.config import ConfigError, ConfigSource
+    from tsvmerge.config import ConfigError
+    from tsvmerge.recipes.configs import config_source
     from tsvmerge.config.compose import check_command_line
     from tsvmerge.evaluation.merge_eval import check_run_config
 
     argv = ["-m", *demo_world.main_args(), "method=sum,TSVM", "hydra/launcher=slurm", "hydra.launcher.partiton=gpu"]
     with pytest.raises(ConfigError, match="unknown config key 'hydra.launcher.partiton'.*partition"):
-        check_command_line(argv, ConfigSource(REPO / "config"), "config", check_run_config)
-    check_command_line([*argv[:-1], "hydra.launcher.partition=gpu"], ConfigSource(REPO / "config"), "config",
+        check_command_line(argv, config_source(REPO / "config"), "config", check_run_config)
+    check_command_line([*argv[:-1], "hydra.launcher.partition=gpu"], config_source(REPO / "config"), "config",
                        check_run_config)

@@ -8,15 +8,17 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tsvmerge.config import ConfigError, ConfigSource, check_command_line, compose_config, settings_from_config
+from tsvmerge.config import ConfigError, check_command_line, compose_config
+from tsvmerge.evaluation.run_settings import settings_from_config
 from tsvmerge.config.schema import RunSchema
-from tsvmerge.config.settings import method_choice
+from tsvmerge.merging.method_config import method_choice
+from tsvmerge.recipes.configs import config_source
 from tsvmerge.config.store import PRIMARY_SCHEMAS
 from tsvmerge.data import BENCHMARK_DATASETS
 from tsvmerge.merging import available_methods, method_parameters
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
-SOURCE = ConfigSource(CONFIG)
+SOURCE = config_source(CONFIG)
 
 
 def _settings(*overrides: str):

@@ -29,7 +29,7 @@ from tsvmerge.training.loop import (
     train,
     trainable_parameters,
 )
-from tsvmerge.training.protocol import Hyperparameters
+from tsvmerge.models.finetuning_protocol import Hyperparameters
 from tsvmerge.training.run import weights_fingerprint
 from tsvmerge.utils.device import autocast_precision
 

@@ -26,7 +26,9 @@ import torch
 from tests.reliability.contract import Checkpoints, assert_rejected, no_leftovers
 from tests.reliability.test_entry_points import run_script
 from tsvmerge.cli import main as cli_main
-from tsvmerge.config import ConfigSource, compose_config, settings_from_config
+from tsvmerge.config import compose_config
+from tsvmerge.evaluation.run_settings import settings_from_config
+from tsvmerge.recipes.configs import config_source
 
 REPO = Path(__file__).resolve().parents[2]
 SRC = str(REPO / "src")
@@ -83,7 +85,7 @@ def test_doctor_reads_config_yaml_of_config_dir(own_config: Path, capsys: pytest
 def test_compose_searches_config_dirs_first_in_order(own_config: Path, tmp_path: Path) -> None:
     """config.yaml from the first extra folder that has one; group options from the extra folders before the
     packaged ones, the packaged ones still found."""
-    packaged = ConfigSource(REPO / "config")
+    packaged = config_source(REPO / "config")
     settings = settings_from_config(compose_config(packaged.with_extra([own_config]), "config"))
     assert (settings.model.name, settings.method, settings.num_tasks) == ("ViT-B-16", "TSVM", 14)
 

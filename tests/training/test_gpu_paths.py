@@ -12,7 +12,7 @@ from tsvmerge.config import ConfigError
 from tsvmerge.models.factory import ModelSpec
 from tsvmerge.training.distributed import Launch, limit_cpu_threads, process_group, rank_gpu, select_device
 from tsvmerge.training.loop import cosine_with_warmup, optimizer_step
-from tsvmerge.training.protocol import Hyperparameters
+from tsvmerge.models.finetuning_protocol import Hyperparameters
 from tsvmerge.training.run import FinetuneConfig
 
 

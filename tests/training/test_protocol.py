@@ -12,7 +12,7 @@ import torch
 from tests.evaluation.world import MODEL, World
 from tests.training.conftest import finetune_args, run_finetune
 from tsvmerge.data import BENCHMARK_DATASETS
-from tsvmerge.training import protocol
+from tsvmerge.models import finetuning_protocol as protocol
 from tsvmerge.training.distributed import detect_launch
 from tsvmerge.training.loop import cosine_with_warmup, lr_factor, steps_per_epoch
 

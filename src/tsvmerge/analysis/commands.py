@@ -374,7 +374,7 @@ def run_analysis(name: str, workspace: Workspace, params: Any | Mapping[str, Any
 def check_analysis_config(cfg: DictConfig) -> Any:
     """Everything ``analyze.py`` checks before any work: main.py's configuration, the analysis' parameters (returned,
     as their dataclass) and its output folder."""
-    from ..config import settings_from_config
+    from ..evaluation.run_settings import settings_from_config
     from ..evaluation.preflight import output_folder_problem
 
     settings = settings_from_config(cfg)

@@ -21,7 +21,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoints.state_dict import open_state_dict
-from ..config import ConfigError, ConfigSource, RunSettings, compose_config, settings_from_config
+from ..config import ConfigError, ConfigSource, compose_config
+from ..evaluation.run_settings import RunSettings, settings_from_config
 from ..data import benchmark_tasks, is_benchmark_prefix
 from ..merging import TaskVectors
 from ..merging.entry_rules import EntryRules, rules_for

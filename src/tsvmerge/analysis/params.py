@@ -13,6 +13,7 @@ from typing import Any
 
 __all__ = [
     "ANALYSIS_PARAMS",
+    "analysis_schemas",
     "AblationParams",
     "AlphaHeatmapParams",
     "CompressionParams",
@@ -204,3 +205,10 @@ ANALYSIS_PARAMS: dict[str, type] = {
     "compression": CompressionParams,
     "merged_spectra": MergedSpectraParams,
 }
+
+
+def analysis_schemas() -> list[tuple[str, str, type]]:
+    """``(group, name, schema)`` of every analysis, for :class:`~tsvmerge.config.ConfigSource`."""
+    from ..config.store import analysis_schema
+
+    return [("analysis", name, analysis_schema(name, params)) for name, params in ANALYSIS_PARAMS.items()]

@@ -4,25 +4,22 @@
   (Hydra structured configs, registered in Hydra's ConfigStore by :func:`register_configs`);
 - :mod:`~tsvmerge.config.compose`: Hydra's composition of ``config/*.yaml`` on that schema, with errors that
   list the valid keys and values;
-- :mod:`~tsvmerge.config.settings`: the checks a schema cannot express, and the typed settings of a run;
+- :mod:`~tsvmerge.config.settings`: the checks a schema cannot express that every command shares;
 - :mod:`~tsvmerge.config.flags`: the published ``--flag=value`` spellings of finetune.py and
   eval_single_task.py, mapped onto the same schema.
 """
 
 from .compose import ConfigSource, check_command_line, compose_config, to_container
 from .errors import ConfigError
-from .settings import MethodChoice, Problems, RunSettings, settings_from_config
+from .settings import Problems
 from .store import register_configs
 
 __all__ = [
     "ConfigError",
     "ConfigSource",
-    "MethodChoice",
     "Problems",
-    "RunSettings",
     "check_command_line",
     "compose_config",
     "register_configs",
-    "settings_from_config",
     "to_container",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +44,9 @@ class ConfigSource:
 
     config_dir: Path | None
     extra_dirs: tuple[Path, ...] = field(default=())
+    #: ``(group, name, schema)`` of the methods and analyses the YAML files refer to (``/schema/method/<name>``),
+    #: computed when a configuration is composed, so that methods registered since are included.
+    schemas: Callable[[], Iterable[tuple[str, str, type]]] | None = None
 
     def with_extra(self, dirs: Sequence[str | Path]) -> ConfigSource:
         """This source with ``dirs`` (``--config-dir`` values) searched before it; each must be an existing folder,
@@ -54,7 +57,11 @@ class ConfigSource:
                 what = "is a file, not a folder" if path.exists() else "does not exist"
                 raise ConfigError(f"--config-dir {str(given)!r} {what}; give a folder of config files (e.g. holding "
                                   "config.yaml or model/<name>.yaml)")
-        return ConfigSource(self.config_dir, (*self.extra_dirs, *(Path(d).resolve() for d in dirs)))
+        return ConfigSource(self.config_dir, (*self.extra_dirs, *(Path(d).resolve() for d in dirs)), self.schemas)
+
+    def register(self) -> None:
+        """Put the primary schemas and this source's method and analysis schemas in Hydra's ConfigStore."""
+        register_configs(self.schemas() if self.schemas is not None else ())
 
     @property
     def search_dirs(self) -> list[Path]:
@@ -145,7 +152,7 @@ def compose_config(source: ConfigSource, config_name: str, overrides: Sequence[s
     from hydra import compose, initialize
     from hydra.core.global_hydra import GlobalHydra
 
-    register_configs()
+    source.register()
     try:
         if GlobalHydra.instance().is_initialized():
             return compose(config_name=config_name,
@@ -378,7 +385,7 @@ def run_checked_app(prog: str, app: Callable[[], Any], source: ConfigSource, con
 
     from ..utils.entry_point import run_main
 
-    register_configs()
+    source.register()
     code = run_main(prog, lambda: check_command_line(sys.argv[1:], source, config_name, validate=validate))
     if code:
         return code

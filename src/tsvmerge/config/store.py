@@ -1,8 +1,9 @@
 """Registering the schema in Hydra's ConfigStore, where the YAML files of ``config/`` find it.
 
-Called by every entry point (and by :func:`tsvmerge.config.compose.compose_config`) before composing; importing
-this module registers nothing. The per-method and per-analysis schemas are generated from the method registry and the
-analyses' parameter dataclasses, so a new method or analysis needs no schema of its own: its YAML file names
+Called by :func:`tsvmerge.config.compose.compose_config` before composing; importing this module registers nothing.
+The per-method and per-analysis schemas are generated (:func:`method_schema`, :func:`analysis_schema`) from the method
+classes and the analyses' parameter dataclasses, which the commands hand over through their
+:class:`~tsvmerge.config.ConfigSource`; so a new method or analysis needs no schema of its own: its YAML file names
 ``/schema/method/<name>@_here_`` (or ``/schema/analysis/<name>@_here_``) in its defaults list.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Iterable
 from typing import Any, Optional
 
 from . import schema
@@ -80,24 +82,18 @@ def analysis_schema(name: str, params: type) -> type:
     return _schema_of(params, [("name", str, dataclasses.field(default=name))])
 
 
-def register_configs() -> None:
-    """Store every schema in Hydra's ConfigStore (idempotent: what is already there is kept)."""
+def register_configs(schemas: Iterable[tuple[str, str, type]] = ()) -> None:
+    """Store the primary schemas, and ``schemas`` (``(group, name, schema)``: one per method and analysis, given by
+    the commands through their :class:`~tsvmerge.config.ConfigSource`), in Hydra's ConfigStore. Idempotent: what
+    is already there is kept."""
     from hydra.core.config_store import ConfigStore
-
-    from ..analysis.params import ANALYSIS_PARAMS
-    from ..merging import available_methods
-    from ..merging.registry import method_class
 
     store = ConfigStore.instance()
     stored = store.repo.get("schema", {})
-    methods = stored.get("method", {}) if isinstance(stored, dict) else {}
     for name, node in PRIMARY_SCHEMAS.items():
         if f"{name}.yaml" not in store.repo:
             store.store(name=name, node=node)
-    for name in available_methods():  # methods registered since the last call (plug-ins, tests) are added
-        if f"{name}.yaml" not in methods:
-            store.store(group="schema/method", name=name, node=method_schema(method_class(name)))
-    analyses = stored.get("analysis", {}) if isinstance(stored, dict) else {}
-    for name, params in ANALYSIS_PARAMS.items():
-        if f"{name}.yaml" not in analyses:
-            store.store(group="schema/analysis", name=name, node=analysis_schema(name, params))
+    for group, name, node in schemas:  # schemas added since the last call (plug-in methods, tests) are stored
+        known = stored.get(group, {}) if isinstance(stored, dict) else {}
+        if f"{name}.yaml" not in known:
+            store.store(group=f"schema/{group}", name=name, node=node)

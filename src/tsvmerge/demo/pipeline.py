@@ -25,7 +25,7 @@ from ..checkpoints.paths import finetuned_checkpoint_path, single_task_accuracy_
 from ..config import ConfigError, ConfigSource, Problems, compose_config, to_container
 from ..config.flags import quote
 from ..config.schema import DemoSchema
-from ..config.settings import model_spec
+from ..models.model_config import model_spec
 from ..data import task_list
 from ..data.datasets.synthetic import GENERATOR_VERSION, generate_all
 from ..data.datasets.synthetic_scenes import SCENES_VERSION
@@ -158,7 +158,7 @@ def run_demo(plan: DemoPlan) -> dict[str, object]:
     from ..analysis.commands import check_analysis_config, run_analysis
     from ..analysis.common import Workspace
     from ..analysis.report import write_report
-    from ..config import settings_from_config
+    from ..evaluation.run_settings import settings_from_config
     from ..evaluation.merge_eval import run_merge_evaluation
     from ..evaluation.single_task import run_single_task
     from ..evaluation.single_task_settings import single_task_settings

@@ -29,7 +29,8 @@ from .. import __version__
 from ..checkpoints.paths import tall_mask_paths
 from ..checkpoints.state_dict import open_state_dict
 from ..checkpoints.tall_mask_files import check_mask_file, read_mask_record, save_tall_masks
-from ..config import ConfigError, RunSettings
+from ..config import ConfigError
+from .run_settings import RunSettings
 from ..data import class_synonyms, get_dataset, templates
 from ..data.registry import default_num_workers
 from ..data.task_dataset import TaskDataset
@@ -403,7 +404,7 @@ def _task_specific(settings, method, result, tasks, data, evaluator, weights, ft
 def check_run_config(cfg: Any) -> RunSettings:
     """Everything main.py checks before Hydra starts a job: the configuration, and that the result folder can be
     written (so that a run never fails after the merge)."""
-    from ..config import ConfigError, settings_from_config
+    from .run_settings import settings_from_config
     from .preflight import output_folder_problem
 
     settings = settings_from_config(cfg)

@@ -11,7 +11,8 @@ from omegaconf import DictConfig
 
 from ..config import ConfigError, Problems, to_container
 from ..config.schema import EvalSingleTaskSchema
-from ..config.settings import check_device, check_minimums, dataset_names, model_spec
+from ..config.settings import check_device, check_minimums, dataset_names
+from ..models.model_config import model_spec
 
 __all__ = ["single_task_settings"]
 

@@ -50,7 +50,7 @@ class ModelSpec:
     ``vision_cfg``, ``text_cfg``) registered under ``arch``. ``benchmark``: the task list the model is used with
     (``paper``: the 20 datasets of the paper; ``synthetic``: the demo's generated tasks), which ``num_tasks`` and
     the default fine-tuning tasks refer to. ``finetuning``: overrides of the fine-tuning protocol for this model
-    (hyper-parameters of :class:`tsvmerge.training.protocol.Hyperparameters` and ``epochs: {Dataset: n}``), for
+    (hyper-parameters of :class:`tsvmerge.models.finetuning_protocol.Hyperparameters` and ``epochs: {Dataset: n}``), for
     models that are not trained like the paper's CLIPs.
     """
 

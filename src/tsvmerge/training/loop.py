@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..utils.device import autocast_precision
 from .distributed import DistContext
-from .protocol import Hyperparameters
+from ..models.finetuning_protocol import Hyperparameters
 
 __all__ = [
     "Classifier",

@@ -72,7 +72,7 @@ from .distributed import (
 )
 from .evaluation import evaluate_task
 from .loop import Classifier, TrainSettings, train, trainable_parameters
-from .protocol import Hyperparameters, default_epochs
+from ..models.finetuning_protocol import Hyperparameters, default_epochs
 
 __all__ = ["FinetuneConfig", "TaskResult", "preflight", "run_finetuning", "run_task_parallel", "run_worker",
            "task_groups", "train_preprocess", "weights_fingerprint"]

@@ -10,9 +10,10 @@ from omegaconf import DictConfig
 
 from ..config import ConfigError, Problems, to_container
 from ..config.schema import FinetuneSchema
-from ..config.settings import check_minimums, dataset_names, model_spec, wandb_settings
+from ..config.settings import check_minimums, dataset_names, wandb_settings
+from ..models.model_config import model_spec
 from ..config.tracking import WandbSettings
-from .protocol import default_hyperparameters, default_tasks
+from ..models.finetuning_protocol import default_hyperparameters, default_tasks
 from .run import FinetuneConfig
 
 __all__ = ["finetune_config"]
