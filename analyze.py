@@ -27,7 +27,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "config"
 
 @hydra.main(config_path="config", config_name="analyze", version_base=None)
 def main(cfg: DictConfig) -> None:
-    from tsvmerge.analysis.commands import run_from_hydra
+    from tsvmerge.recipes.analyze import run_from_hydra
     from tsvmerge.recipes.configs import config_source
 
     run_from_hydra(cfg, config_source(CONFIG_DIR))
@@ -38,7 +38,7 @@ def cli() -> None:
     from tsvmerge.utils.huge_pages import enable_huge_pages
 
     enable_huge_pages()  # before torch's first allocation (src/tsvmerge/utils/huge_pages.py)
-    from tsvmerge.analysis.commands import check_analysis_config
+    from tsvmerge.recipes.analyze import check_analysis_config
     from tsvmerge.recipes.configs import config_source
     from tsvmerge.config.compose import run_checked_app
 

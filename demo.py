@@ -13,46 +13,21 @@ config/demo.yaml (types and defaults: src/tsvmerge/config/schema.py, DemoSchema)
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from tsvmerge.config.flags import Flag, add_flags, group_flag
-    from tsvmerge.config.schema import DemoSchema
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flags(parser, DemoSchema, [
-        group_flag("model", ("--model",), "model config (config/model/<name>.yaml) with `benchmark: synthetic` "
-                                          "(default demo)"),
-        Flag("num_tasks", ("--num-tasks", "--tasks")), Flag("methods", ("--methods",), "list"),
-        Flag("quick", ("--quick",), "true"), Flag("seed", ("--seed",)), Flag("pretrain_steps", ("--pretrain-steps",)),
-        Flag("pretrain_pool", ("--pretrain-pool",)),
-        Flag("finetune_epochs", ("--finetune-epochs",)), Flag("finetune_max_steps", ("--finetune-max-steps",)),
-        Flag("finetune_parallel", ("--finetune-parallel",)),
-        Flag("n_eval_points", ("--n-eval-points",)), Flag("data_location", ("--data-location",)),
-        Flag("model_location", ("--model-location",)), Flag("results_dir", ("--results-dir",)),
-        Flag("pretrained", ("--pretrained",)), Flag("force", ("--force",), "true"),
-        Flag("progress", ("--no-progress",), "false", "no progress bars"),
-    ])
-    parser.add_argument("--analyses", nargs="*", metavar="ANALYSIS",
-                        help="run analyses after the merges (no names: every analysis of docs/analysis.md)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of config/demo.yaml")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from tsvmerge.utils.huge_pages import enable_huge_pages
 
     enable_huge_pages()  # before torch's first allocation (src/tsvmerge/utils/huge_pages.py)
-    args = build_parser().parse_args(argv)
+    from tsvmerge.recipes.demo import DEFAULT_ANALYSES, build_parser, demo_plan, run_demo
+
+    args = build_parser(__doc__.split("\n\n")[0]).parse_args(argv)
     from tsvmerge.config import compose_config
     from tsvmerge.recipes.configs import config_source
     from tsvmerge.config.flags import flag_overrides, quote
-    from tsvmerge.demo import DEFAULT_ANALYSES, demo_plan, run_demo
     from tsvmerge.utils.entry_point import run_main
 
     overrides = flag_overrides(args)

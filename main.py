@@ -25,7 +25,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "config"
 
 @hydra.main(config_path="config", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> float:
-    from tsvmerge.evaluation.merge_eval import run_from_hydra
+    from tsvmerge.recipes.merge_and_evaluate import run_from_hydra
     from tsvmerge.utils.allocator import cap_heap_retention
 
     # A launcher may run the job in another process (hydra/launcher=slurm or submitit_local: docs/cluster.md), which
@@ -43,7 +43,7 @@ def cli() -> None:
     cap_heap_retention()  # freed per-task workspaces go back to the system (src/tsvmerge/utils/allocator.py)
     from tsvmerge.recipes.configs import config_source
     from tsvmerge.config.compose import run_checked_app
-    from tsvmerge.evaluation.merge_eval import check_run_config
+    from tsvmerge.recipes.merge_and_evaluate import check_run_config
 
     raise SystemExit(run_checked_app("main.py", main, config_source(CONFIG_DIR), "config", check_run_config))
 

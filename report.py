@@ -17,10 +17,10 @@ CONFIG_DIR = Path(__file__).resolve().parent / "config"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tsvmerge.analysis.report import main as report_main
-    from tsvmerge.config import ConfigSource
+    from tsvmerge.recipes.configs import config_source
+    from tsvmerge.recipes.report import main as report_main
 
-    return report_main(argv, config=ConfigSource(CONFIG_DIR))
+    return report_main(argv, config=config_source(CONFIG_DIR))
 
 
 if __name__ == "__main__":

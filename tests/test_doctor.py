@@ -64,8 +64,8 @@ def test_downloaded_checkpoints_and_datasets_make_a_ready_run(workdir: Path, cap
     from tsvmerge.config import compose_config
     from tsvmerge.evaluation.run_settings import settings_from_config
     from tsvmerge.recipes.configs import config_source
-    from tsvmerge.doctor import main_config_dir
-    from tsvmerge.evaluation.merge_eval import check_run_inputs
+    from tsvmerge.recipes.doctor import main_config_dir
+    from tsvmerge.evaluation.run_inputs import check_run_inputs
 
     settings = settings_from_config(compose_config(config_source(main_config_dir()), "config", run))
     inputs = check_run_inputs(settings)

@@ -1,7 +1,7 @@
 """The floor plan of ``src/tsvmerge``: every import, inside functions too, goes down the layer table, never up.
 
-A package may import itself and the packages listed before it, nothing after it (so no two packages import each
-other). ``KNOWN_UPWARD`` lists the upward imports that remain, each by file and imported package; it may only
+A package may import itself and the packages listed before it in ``tsvmerge.utils.layout.LAYERS``, nothing after it
+(so no two packages import each other). ``KNOWN_UPWARD`` lists the upward imports that remain, each by file and imported package; it may only
 shrink: a new upward import fails the test, and so does an entry of the list that no longer exists.
 """
 
@@ -10,23 +10,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tsvmerge"
+from tsvmerge.utils.layout import LAYERS, layout_block
 
-#: Bottom to top. Generic helpers; configuration plumbing; checkpoint and dataset I/O; the merging math and the
-#: models; fetching published files; the primitives of evaluation, training and plotting; the paper's analyses;
-#: the commands' bodies; the entry points.
-LAYERS = (
-    "utils",
-    "config",
-    "checkpoints", "data",
-    "merging", "models",
-    "download",
-    "evaluation", "training", "plotting",
-    "analysis",
-    "recipes",
-    "demo", "merge_folder", "doctor", "cluster",
-    "cli", "console", "__main__",
-)
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tsvmerge"
 
 #: Upward imports that remain: (file below src/tsvmerge, imported package).
 KNOWN_UPWARD: set[tuple[str, str]] = set()
@@ -99,3 +85,61 @@ def test_the_checker_sees_imports_inside_functions() -> None:
     source = "def f():\n    from ..analysis import report\n    import tsvmerge.cli\n    from . import files\n"
     found = _imported_units(PACKAGE / "utils" / "probe.py", source)
     assert found == [(2, "analysis"), (3, "cli"), (4, "utils")]
+
+
+def test_readme_layout_is_generated_from_the_docstrings() -> None:
+    """README's Layout block is the package docstrings in layer order; every package of src/tsvmerge is listed."""
+    units = {p.name if p.is_dir() else p.stem for p in PACKAGE.iterdir()
+             if (p.is_dir() and (p / "__init__.py").is_file()) or (p.suffix == ".py" and p.name != "__init__.py")}
+    assert units == set(LAYERS), f"packages not in LAYERS: {sorted(units - set(LAYERS))}; " \
+                                 f"in LAYERS but gone: {sorted(set(LAYERS) - units)}"
+    readme = (PACKAGE.parents[1] / "README.md").read_text()
+    block = readme.split("<!-- layout:start -->\n", 1)[1].split("\n<!-- layout:end -->", 1)[0]
+    assert block == layout_block(), "README.md's Layout section is stale: run `python -m tsvmerge.utils.layout README.md`"
+
+
+ROOT_SCRIPTS = ("main.py", "finetune.py", "eval_single_task.py", "analyze.py", "report.py", "demo.py")
+
+
+def test_root_scripts_only_parse_compose_and_call_a_recipe() -> None:
+    """Each entry script is at most 60 lines and imports from tsvmerge only recipes, config and utils."""
+    root = PACKAGE.parents[1]
+    problems = []
+    for name in ROOT_SCRIPTS:
+        source = (root / name).read_text()
+        if len(source.splitlines()) > 60:
+            problems.append(f"{name} has {len(source.splitlines())} lines (at most 60)")
+        for node in ast.walk(ast.parse(source)):
+            modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for module in modules:
+                parts = module.split(".")
+                if parts[0] == "tsvmerge" and (len(parts) < 2 or parts[1] not in ("recipes", "config", "utils")):
+                    problems.append(f"{name}:{node.lineno} imports {module}")
+    assert not problems, "; ".join(problems)
+
+
+def _module_exists(dotted: str) -> bool:
+    parts = dotted.split(".")[1:]
+    path = PACKAGE.joinpath(*parts)
+    return path.is_dir() or path.with_suffix(".py").is_file()
+
+
+def test_every_import_of_tsvmerge_names_an_existing_module() -> None:
+    """An import of a moved or deleted module fails here, even when it sits in a function no test runs."""
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ["tsvmerge", *path.relative_to(PACKAGE).with_suffix("").parts]
+        package = module[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                target = ".".join([*package[:len(package) - node.level + 1], *(node.module or "").split(".")]).rstrip(".")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tsvmerge."):
+                target = node.module
+            elif isinstance(node, ast.Import):
+                target = next((a.name for a in node.names if a.name.startswith("tsvmerge.")), "")
+            else:
+                continue
+            if target and target != "tsvmerge" and not _module_exists(target):
+                missing.append(f"{path.relative_to(PACKAGE)}:{node.lineno} imports {target}")
+    assert not missing, "; ".join(missing)

@@ -16,7 +16,7 @@ import torch, torchvision, open_clip
 env = dict(os.environ)
 threads = torch.get_num_threads()
 import tsvmerge, tsvmerge.merging, tsvmerge.evaluation, tsvmerge.config, tsvmerge.analysis, tsvmerge.training
-import tsvmerge.cli, tsvmerge.demo, tsvmerge.evaluation.merge_eval, tsvmerge.training.run, tsvmerge.analysis.commands
+import tsvmerge.cli, tsvmerge.demo, tsvmerge.recipes.merge_and_evaluate, tsvmerge.recipes.finetune, tsvmerge.recipes.analyze
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 assert env == dict(os.environ), set(os.environ.items()) ^ set(env.items())

@@ -147,12 +147,12 @@ def test_ablation_reuses_main_results_and_feeds_the_report(aworld: World, monkey
     assert "| TSV-M (both) | ✓ | ✓ |" in md and "| Task Arithmetic | ✗ | ✗ |" in md
 
     # existing result files are reused: a second run evaluates nothing
-    import tsvmerge.evaluation.merge_eval as merge_eval
+    import tsvmerge.recipes.merge_and_evaluate as merge_and_evaluate
 
     def fail(*args, **kwargs):
         raise AssertionError("result file not reused")
 
-    monkeypatch.setattr(merge_eval, "run_merge_evaluation", fail)
+    monkeypatch.setattr(merge_and_evaluate, "run", fail)
     assert run_analyze(args, monkeypatch) == 0
 
     from tsvmerge.analysis.report import write_report
@@ -280,7 +280,7 @@ def test_outputs_are_finite_json(aworld: World, monkeypatch: pytest.MonkeyPatch,
 def _workspace(world: World, tmp_path: Path):
     """A Workspace composed from config/config.yaml like analyze.py's (library use, no Hydra application)."""
     from tests.analysis.conftest import REPO
-    from tsvmerge.analysis import Workspace
+    from tsvmerge.recipes.analyze import Workspace
     from tsvmerge.config import compose_config
     from tsvmerge.recipes.configs import config_source
 

@@ -119,7 +119,7 @@ def test_report_reproduces_table_2(results: Path, tmp_path: Path, capsys: pytest
 
 
 def test_report_without_results(tmp_path: Path) -> None:
-    from tsvmerge.analysis.report import main
+    from tsvmerge.recipes.report import main
 
     (tmp_path / "results").mkdir()
     assert main(["--results-dir", str(tmp_path / "results")]) == 0

@@ -7,7 +7,7 @@ import json
 import multiprocessing
 from pathlib import Path
 
-from tsvmerge.evaluation.single_task import record_accuracies
+from tsvmerge.evaluation.accuracy_files import record_accuracies
 from tsvmerge.utils.file_lock import lock_path
 
 JOBS, UPDATES = 6, 15

@@ -14,7 +14,7 @@ import yaml
 
 from tests.cluster.demo_world import MODEL, DemoWorld
 from tsvmerge.analysis.multirun import read_sweep
-from tsvmerge.analysis.report import run_report
+from tsvmerge.recipes.report import run_report
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,7 +129,7 @@ def test_launcher_typos_stop_before_submitting(demo_world: DemoWorld) -> None:
     from tsvmerge.config import ConfigError
     from tsvmerge.recipes.configs import config_source
     from tsvmerge.config.compose import check_command_line
-    from tsvmerge.evaluation.merge_eval import check_run_config
+    from tsvmerge.recipes.merge_and_evaluate import check_run_config
 
     argv = ["-m", *demo_world.main_args(), "method=sum,TSVM", "hydra/launcher=slurm", "hydra.launcher.partiton=gpu"]
     with pytest.raises(ConfigError, match="unknown config key 'hydra.launcher.partiton'.*partition"):

@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from tsvmerge.data import REGISTRY, class_synonyms, classnames, get_dataset, templates
-from tsvmerge.data.datasets import synthetic
+from tsvmerge.data.datasets import synthetic, synthetic_images
 from tsvmerge.data.datasets.synthetic import (
     GENERATOR_VERSION,
     IMAGE_SIZE,
@@ -186,32 +186,32 @@ def _pooled(images: np.ndarray) -> np.ndarray:
 
 def test_each_domain_has_its_own_look_and_none_is_a_colors_class() -> None:
     rng = np.random.default_rng(0)
-    train = {d: _pooled(synthetic._domain_backgrounds(d, rng, 100)) for d in synthetic.DOMAINS}
-    centroids = np.stack([train[d].mean(0) for d in synthetic.DOMAINS])
-    for i, domain in enumerate(synthetic.DOMAINS):
-        backgrounds = synthetic._domain_backgrounds(domain, rng, 100)
+    train = {d: _pooled(synthetic_images._domain_backgrounds(d, rng, 100)) for d in synthetic_images.DOMAINS}
+    centroids = np.stack([train[d].mean(0) for d in synthetic_images.DOMAINS])
+    for i, domain in enumerate(synthetic_images.DOMAINS):
+        backgrounds = synthetic_images._domain_backgrounds(domain, rng, 100)
         assert backgrounds.shape == (100, IMAGE_SIZE, IMAGE_SIZE, 3) and backgrounds.dtype == np.float32
         nearest = ((_pooled(backgrounds)[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
         assert (nearest == i).mean() >= 0.85, domain  # measured: 0.88 (plain) to 1.0
         # Dark enough for any bright object to stand out, and far from every named colour of the Colors task.
         mean = backgrounds.reshape(-1, 3).mean(0)
         assert mean.max() < 110
-        assert np.linalg.norm(synthetic._PALETTE - mean, axis=1).min() > 60
+        assert np.linalg.norm(synthetic_images._PALETTE - mean, axis=1).min() > 60
     with pytest.raises(ValueError, match="unknown domain"):
-        synthetic._domain_backgrounds("marble", rng, 1)
+        synthetic_images._domain_backgrounds("marble", rng, 1)
 
 
 def test_every_task_draws_on_its_own_domain(monkeypatch: pytest.MonkeyPatch) -> None:
     used: list[str] = []
-    original = synthetic._domain_backgrounds
+    original = synthetic_images._domain_backgrounds
 
     def spy(domain: str, rng: np.random.Generator, n: int) -> np.ndarray:
         used.append(domain)
         return original(domain, rng, n)
 
-    monkeypatch.setattr(synthetic, "_domain_backgrounds", spy)
+    monkeypatch.setattr(synthetic_images, "_domain_backgrounds", spy)
     for name in SYNTHETIC_TASKS:
         generate_split(name, "val")
-        assert used[-1] == synthetic.TASK_DOMAINS[name]
-    assert sorted(synthetic.TASK_DOMAINS) == sorted(SYNTHETIC_TASKS)
-    assert len(set(synthetic.DOMAINS)) == len(SYNTHETIC_TASKS)
+        assert used[-1] == synthetic_images.TASK_DOMAINS[name]
+    assert sorted(synthetic_images.TASK_DOMAINS) == sorted(SYNTHETIC_TASKS)
+    assert len(set(synthetic_images.DOMAINS)) == len(SYNTHETIC_TASKS)

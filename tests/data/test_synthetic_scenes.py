@@ -73,7 +73,7 @@ def test_cache_is_reused_and_regenerated_for_another_version(tmp_path, monkeypat
 
 
 def test_scenes_mix_every_task_domain(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tsvmerge.data.datasets import synthetic
+    from tsvmerge.data.datasets import synthetic_images as synthetic
 
     counts: dict[str, int] = {}
     original = synthetic._domain_backgrounds

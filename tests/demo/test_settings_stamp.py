@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tsvmerge.demo.pipeline import STAMP_NAME, _set_aside_stale, _write_stamp
+from tsvmerge.recipes.demo import STAMP_NAME, _set_aside_stale, _write_stamp
 
 
 def _folder(root: Path) -> Path:

@@ -45,7 +45,7 @@ def test_later_runs_update_the_file(world: World, tmp_path: Path) -> None:
 
 def test_fine_tuned_differs_from_zero_shot_model(world: World, tmp_path: Path) -> None:
     """Standard mode loads each task's own checkpoint (their weights differ from θ0's)."""
-    import tsvmerge.evaluation.single_task as single_task
+    import tsvmerge.recipes.eval_single_task as single_task
 
     loaded: list[str] = []
     real = single_task.open_state_dict

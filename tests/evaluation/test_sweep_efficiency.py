@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import tsvmerge.evaluation.merge_eval as merge_eval
+import tsvmerge.evaluation.eval_data as eval_data
+import tsvmerge.recipes.merge_and_evaluate as merge_and_evaluate
 import tsvmerge.models.encoder as encoder_module
 from tests.evaluation.conftest import load, run_main
 from tests.evaluation.world import World
@@ -28,7 +29,8 @@ def test_sweep_reads_checkpoints_once_and_builds_datasets_once(world: World, met
     torch_loads = {"count": 0, "at_first_update": None}
     updates = {"count": 0}
 
-    real_open, real_get, real_create = merge_eval.open_state_dict, merge_eval.get_dataset, encoder_module.create_clip
+    real_open, real_get = merge_and_evaluate.open_state_dict, eval_data.get_dataset
+    real_create = encoder_module.create_clip
     real_load, real_set, real_init = torch.load, InPlaceWeights.set, EvalSplit.__init__
 
     def counting_open(path, *a, **k):
@@ -57,8 +59,8 @@ def test_sweep_reads_checkpoints_once_and_builds_datasets_once(world: World, met
         real_init(self, *a, **k)
         splits.append(self)
 
-    monkeypatch.setattr(merge_eval, "open_state_dict", counting_open)
-    monkeypatch.setattr(merge_eval, "get_dataset", counting_get)
+    monkeypatch.setattr(merge_and_evaluate, "open_state_dict", counting_open)
+    monkeypatch.setattr(eval_data, "get_dataset", counting_get)
     monkeypatch.setattr(encoder_module, "create_clip", counting_create)
     monkeypatch.setattr(torch, "load", counting_load)
     monkeypatch.setattr(InPlaceWeights, "set", counting_set)

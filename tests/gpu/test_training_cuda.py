@@ -19,6 +19,7 @@ from tests.evaluation.world import MODEL, World
 from tests.gpu.common import gpu, two_gpus
 from tests.gpu.tiny_model import EMBED_DIM, tiny_encoder, uint8_images
 from tests.training.conftest import finetune_args, run_finetune
+from tsvmerge.models.finetuning_protocol import Hyperparameters
 from tsvmerge.training.distributed import DistContext, Launch, launch_local, process_group
 from tsvmerge.training.loop import (
     Classifier,
@@ -29,8 +30,7 @@ from tsvmerge.training.loop import (
     train,
     trainable_parameters,
 )
-from tsvmerge.models.finetuning_protocol import Hyperparameters
-from tsvmerge.training.run import weights_fingerprint
+from tsvmerge.training.reproducibility import weights_fingerprint
 from tsvmerge.utils.device import autocast_precision
 
 pytestmark = gpu

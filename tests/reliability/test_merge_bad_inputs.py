@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 import tsvmerge.cli as cli
+import tsvmerge.recipes.merge as merge_recipe
 from tests.reliability.contract import (
     Checkpoints,
     assert_all_finite,
@@ -302,8 +303,8 @@ def test_bad_input_is_answered_cleanly(case: Case, ckpts: Checkpoints, tmp_path:
     if case in BEFORE_ANY_WORK:
         def no_work(*args, **kwargs):
             raise AssertionError("work started although the command line is invalid")
-        monkeypatch.setattr(cli, "open_state_dict", no_work)
-        monkeypatch.setattr(cli, "merge", no_work)
+        monkeypatch.setattr(merge_recipe, "open_state_dict", no_work)
+        monkeypatch.setattr(merge_recipe, "merge", no_work)
     before = snapshot(tmp_path)
     code = cli.main(argv)
     captured = capsys.readouterr()
@@ -364,7 +365,7 @@ def test_interrupted_folder_output_appears_complete_or_not_at_all(
 
     out = tmp_path / "tsvc"
     assert cli.main(ckpts.merge_argv("TSVC", out, finetuned=ckpts.finetuned[:2])) == 0  # a previous run
-    real_save = cli.save_state_dict
+    real_save = merge_recipe.save_state_dict
     calls = []
 
     def interrupted_save(state, path):
@@ -373,7 +374,7 @@ def test_interrupted_folder_output_appears_complete_or_not_at_all(
             raise (interruption or Terminated)()
         return real_save(state, path)
 
-    monkeypatch.setattr(cli, "save_state_dict", interrupted_save)
+    monkeypatch.setattr(merge_recipe, "save_state_dict", interrupted_save)
     before = snapshot(tmp_path)
     code = cli.main(ckpts.merge_argv("TSVC", out))
     assert code == status

@@ -344,7 +344,7 @@ def test_torchrun_reports_the_failing_rank_only(tmp_path: Path, key: str) -> Non
     if key == "model.norm.weight":  # rank 0, which owns the temporary folder, removes it after rank 1 failed
         assert not no_leftovers(tmp_path)
     # (When rank 0 fails first, rank 1 may still create the temporary folder again, after rank 0 removed it, to write
-    # its shards: merge_folder's business, not the messages'.)
+    # its shards: recipes.merge's business, not the messages'.)
 
 
 def test_first_failure_is_settled_through_the_store() -> None:

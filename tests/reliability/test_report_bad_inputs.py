@@ -1,4 +1,4 @@
-"""report (``tsvmerge.analysis.report.main``) on bad inputs: unusable result files are skipped with a warning naming
+"""report (``tsvmerge.recipes.report.main``) on bad inputs: unusable result files are skipped with a warning naming
 each; bad folders stop it with exit 2 and one message, before anything is written."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.contract import assert_rejected, no_leftovers, snapshot
-from tsvmerge.analysis.report import main
+from tsvmerge.recipes.report import main
 
 PROG = "report.py"
 

@@ -90,7 +90,7 @@ def test_sigterm_raises_is_a_base_exception_that_except_exception_does_not_swall
 
 def test_every_user_facing_error_is_a_user_error() -> None:
     """run_main answers them with one line and status 2 because they derive from UserError, not from a list."""
-    from tsvmerge.analysis.report import ResultFileError
+    from tsvmerge.evaluation.results import ResultFileError
     from tsvmerge.checkpoints import CheckpointFormatError, CheckpointMismatchError, UnsafeCheckpointError
     from tsvmerge.checkpoints.errors import CheckpointPermissionError
     from tsvmerge.checkpoints.hf_folder import AmbiguousModelFolderError

@@ -17,11 +17,12 @@ import torch
 from tests.evaluation.conftest import run_main
 from tests.evaluation.world import MODEL, World
 from tests.training.conftest import DATASETS, FINETUNE, REPO, finetune_args, load_checkpoint, run_finetune
-from tsvmerge.training import loop, run
+from tsvmerge.recipes import finetune as recipe
+from tsvmerge.training import loop
 from tsvmerge.training.distributed import Launch
 
-#: The real worker, kept before any test replaces ``run.run_worker``.
-REAL_WORKER = run.run_worker
+#: The real worker, kept before any test replaces ``recipe.run_worker``.
+REAL_WORKER = recipe.run_worker
 
 #: The key part of the attention input bias has an identically zero gradient (softmax is invariant to adding the same
 #: q·b_k to every logit of a query); Adam normalizes its round-off noise (~1e-9) by sqrt(v) + 1e-8, which moves it by
@@ -143,9 +144,9 @@ def test_task_parallel_trains_each_task_like_one_process(ft_world: World, refere
 
 
 def test_task_groups_deal_tasks_round_robin() -> None:
-    assert run.task_groups(["a", "b", "c", "d", "e"], 2) == [("a", "c", "e"), ("b", "d")]
-    assert run.task_groups(["a", "b"], 4) == [("a",), ("b",)]
-    assert run.task_groups(["a"], 1) == [("a",)]
+    assert recipe.task_groups(["a", "b", "c", "d", "e"], 2) == [("a", "c", "e"), ("b", "d")]
+    assert recipe.task_groups(["a", "b"], 4) == [("a",), ("b",)]
+    assert recipe.task_groups(["a"], 1) == [("a",)]
 
 
 def test_task_parallel_with_several_ranks_per_task_is_refused(ft_world: World, tmp_path: Path,
@@ -175,7 +176,7 @@ class InjectedFailure(RuntimeError):
     """What the failing rank of the crash test raises."""
 
 
-def failing_worker(launch: Launch, cfg: run.FinetuneConfig, *, fail_rank: int, fail_step: int) -> list:
+def failing_worker(launch: Launch, cfg: recipe.FinetuneConfig, *, fail_rank: int, fail_step: int) -> list:
     """Spawn target (runs in the child process): rank ``fail_rank`` raises once its learning-rate schedule has been
     advanced ``fail_step`` times, i.e. right after its ``fail_step``-th optimizer step; then the real worker runs."""
     if launch.rank == fail_rank:
@@ -200,7 +201,7 @@ def failing_worker(launch: Launch, cfg: run.FinetuneConfig, *, fail_rank: int, f
 def test_a_crashing_rank_ends_the_run(ft_world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture) -> None:
     """Rank 1 raises at its 2nd optimizer step: the run stops with an error naming it, nothing half-written."""
-    monkeypatch.setattr(run, "run_worker", functools.partial(failing_worker, fail_rank=1, fail_step=2))
+    monkeypatch.setattr(recipe, "run_worker", functools.partial(failing_worker, fail_rank=1, fail_step=2))
     code = run_finetune(finetune_args(ft_world, tmp_path, "--world-size", "2", datasets=["MNIST"]))
     assert code == 1
     err = capsys.readouterr().err

@@ -10,10 +10,10 @@ import torch
 from tests.gpu.fake_cuda import FakeCuda
 from tsvmerge.config import ConfigError
 from tsvmerge.models.factory import ModelSpec
+from tsvmerge.models.finetuning_protocol import Hyperparameters
+from tsvmerge.recipes.finetune import FinetuneConfig
 from tsvmerge.training.distributed import Launch, limit_cpu_threads, process_group, rank_gpu, select_device
 from tsvmerge.training.loop import cosine_with_warmup, optimizer_step
-from tsvmerge.models.finetuning_protocol import Hyperparameters
-from tsvmerge.training.run import FinetuneConfig
 
 
 @pytest.mark.parametrize("local_rank,local_world_size,visible,expected", [

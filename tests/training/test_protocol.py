@@ -112,15 +112,16 @@ def test_missing_inputs_are_listed(ft_world: World, tmp_path: Path, capsys: pyte
 
 
 def test_train_dataset_flag_spellings(ft_world: World) -> None:
-    import runpy
-
     from tests.training.conftest import FINETUNE
+    from tsvmerge.config import compose_config
+    from tsvmerge.recipes import finetune
+    from tsvmerge.recipes.configs import config_source
 
-    module = runpy.run_path(str(FINETUNE), run_name="finetune")
-    args = module["build_parser"]().parse_args(["--train-dataset", "MNISTVal,Cars", "--train-dataset", "DTD",
-                                                "--ls", "0.1", "--warmup-length", "7", "--model", MODEL,
-                                                "--config-dir", str(ft_world.conf)])
-    cfg = module["config_from_args"](args)
+    args = finetune.build_parser().parse_args(["--train-dataset", "MNISTVal,Cars", "--train-dataset", "DTD",
+                                               "--ls", "0.1", "--warmup-length", "7", "--model", MODEL,
+                                               "--config-dir", str(ft_world.conf)])
+    source = config_source(FINETUNE.parent / "config", args.config_dir)
+    cfg = finetune.finetune_config(compose_config(source, "finetune", finetune.overrides_from_args(args)))
     assert cfg.tasks == ("MNIST", "Cars", "DTD")
     assert (cfg.hyperparameters.label_smoothing, cfg.hyperparameters.warmup_steps) == (0.1, 7)
 

@@ -1,7 +1,7 @@
 """The paper's analyses: Singular Task Interference, spectra (of the task matrices and of each method's merged τMT),
-Procrustes error, rank truncation, ablation, α heat-map, compression, and the results report. Figures are drawn by
-:mod:`tsvmerge.plotting`; commands in :mod:`tsvmerge.analysis.commands` (``analyze.py``) and
-:mod:`tsvmerge.analysis.report` (``report.py``).
+Procrustes error, rank truncation, ablation, α heat-map, compression, and the results report's tables (from the
+result files main.py writes). Figures are drawn by :mod:`tsvmerge.plotting`; the commands are
+:mod:`tsvmerge.recipes.analyze` (``analyze.py``) and :mod:`tsvmerge.recipes.report` (``report.py``).
 
 The names below are imported on first use, so that light submodules (``params``, read by every entry point's
 configuration) do not pull in the plotting and evaluation stack.
@@ -13,7 +13,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "EvalSession": "common", "Workspace": "common", "open_task_vectors": "common", "tasks_tag": "common",
+    "EvalSession": "common", "open_task_vectors": "common", "tasks_tag": "common",
     "gram_data": "interference", "interference_table": "interference", "sti": "interference",
     "procrustes_table": "procrustes", "layer_spectra": "spectra", "truncation_curves": "truncation",
     "merged_spectra": "merged_spectra",

@@ -1,29 +1,26 @@
 """What every analysis shares: the run's validated settings, the checkpoints, evaluation sessions, output files.
 
 An analysis is configured like ``main.py`` (model, tasks, locations, device: ``config/config.yaml``) plus its own
-``config/analysis/<name>.yaml``. :class:`Workspace` holds the validated main part and derives from it the task
-vectors, per-method run settings (to reuse ``main.py``'s recipe and its result files) and the output folder
-``<results_dir>/analysis/<model>/<analysis>/``.
+``config/analysis/<name>.yaml``. From main.py's validated settings this module opens the task vectors and the
+evaluation sessions; the command itself (and its ``Workspace``, which also runs main.py's recipe for the merges an
+analysis compares) is :mod:`tsvmerge.recipes.analyze`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoints.state_dict import open_state_dict
-from ..config import ConfigError, ConfigSource, compose_config
-from ..evaluation.run_settings import RunSettings, settings_from_config
-from ..data import benchmark_tasks, is_benchmark_prefix
+from ..config import ConfigError
+from ..evaluation.run_settings import RunSettings
+from ..data import is_benchmark_prefix
 from ..merging import TaskVectors
 from ..merging.entry_rules import EntryRules, rules_for
 from ..merging.interference import transformer_block
@@ -33,7 +30,6 @@ from ..utils.device import resolve_device
 
 __all__ = [
     "EvalSession",
-    "Workspace",
     "block_index",
     "layer_label",
     "matrix_entries",
@@ -105,86 +101,6 @@ def run_entry_rules(settings: RunSettings, pretrained: Mapping[str, Any]) -> Ent
     return rules_for(pretrained, svd_keys=settings.svd_keys, average_keys=settings.average_keys)
 
 
-class Workspace:
-    """The validated ``main.py`` part of an analysis configuration, and what derives from it.
-
-    ``cfg`` is the composed configuration (``analysis`` and ``hydra`` sections are ignored); ``source`` is where
-    the entry point's YAML files are: the method configs of other runs (the ablation's methods, say) are composed
-    from it by Hydra, exactly as ``main.py method=<name>`` would.
-    """
-
-    def __init__(self, cfg: DictConfig | Mapping[str, Any], source: ConfigSource) -> None:
-        container = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-        plain = OmegaConf.to_container(container, resolve=False, enum_to_str=True)
-        assert isinstance(plain, dict)
-        plain.pop("analysis", None)
-        plain.pop("hydra", None)
-        self._raw: dict[str, Any] = plain
-        self.source = source
-        self.settings = settings_from_config(OmegaConf.create(plain))
-
-    @property
-    def datasets(self) -> list[str]:
-        return list(self.settings.datasets)
-
-    @property
-    def model_name(self) -> str:
-        return self.settings.model.name
-
-    def output_dir(self, analysis: str, out_dir: str | Path | None = None) -> Path:
-        """``<results_dir>/analysis/<model>/<analysis>/`` (or ``out_dir``), created."""
-        path = Path(out_dir) if out_dir else self.settings.results_dir / "analysis" / self.model_name / analysis
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def method_section(self, method: str) -> dict[str, Any]:
-        """``config/method/<method>.yaml`` as Hydra composes it (``method=<method>``)."""
-        section = compose_config(self.source, "config", [f"method={method}"])["method"]
-        return OmegaConf.to_container(section, resolve=False, enum_to_str=True)  # type: ignore[return-value]
-
-    def _raw_for(self, method: str | None, datasets: Sequence[str] | None, overrides: Mapping[str, Any]) -> dict:
-        raw = json.loads(json.dumps(self._raw))  # deep copy, interpolations kept
-        if method is not None:
-            raw["method"] = self.method_section(method)
-        if datasets is not None:
-            datasets = list(datasets)
-            if tuple(datasets) == benchmark_tasks(self.settings.model.benchmark)[: len(datasets)]:
-                raw["num_tasks"], raw["DATASETS"] = len(datasets), None
-            else:
-                raw["DATASETS"] = datasets
-        raw.update(overrides)
-        return raw
-
-    def run_settings(self, method: str | None = None, datasets: Sequence[str] | None = None,
-                     **overrides: Any) -> RunSettings:
-        """``main.py``'s settings for ``method`` (its ``config/method/<method>.yaml``) on ``datasets``.
-
-        A dataset list equal to the first T benchmark tasks is given as ``num_tasks=T`` so that result files get
-        the benchmark name (``<model>_<T>tasks_<method>_..._valbest.json``), exactly as ``main.py num_tasks=T``.
-        """
-        return settings_from_config(OmegaConf.create(self._raw_for(method, datasets, overrides)))
-
-    def merge_result(self, method: str, datasets: Sequence[str] | None = None, *, recompute: bool = False,
-                     **overrides: Any) -> tuple[dict[str, Any], Path, bool]:
-        """The result file of ``python main.py method=<method>`` on ``datasets``: read if it exists (unless
-        ``recompute``), else produced by running ``main.py``'s recipe. Returns ``(payload, path, ran)``.
-
-        Runs write the usual result file (``<results_dir>/<save_subfolder>/...json``), so ``report.py`` sees them.
-        """
-        from ..evaluation.merge_eval import run_merge_evaluation, settings_result_path
-
-        raw = self._raw_for(method, datasets, overrides)
-        settings = settings_from_config(OmegaConf.create(raw))
-        path = settings_result_path(settings)
-        if path.is_file() and not recompute:
-            log.info("reusing %s", path)
-            return json.loads(path.read_text()), path, False
-        resolved = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
-        outcome = run_merge_evaluation(settings, None, resolved)  # type: ignore[arg-type]
-        print(outcome.table)
-        return outcome.payload, outcome.path, True
-
-
 @dataclass
 class EvalSession:
     """One image encoder (built once from θ0) whose weights are rewritten in place, the splits and heads of some
@@ -205,7 +121,7 @@ class EvalSession:
         """Check every input first (one error listing all missing files), then build the model and the data."""
         from ..evaluation.alpha_search import InPlaceWeights
         from ..evaluation.evaluate import Evaluator, Runtime
-        from ..evaluation.merge_eval import build_eval_data
+        from ..evaluation.eval_data import build_eval_data
         from ..evaluation.preflight import Preflight
         from ..models.encoder import build_image_encoder
         from ..models.preprocess import split_preprocess

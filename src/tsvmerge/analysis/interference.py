@@ -11,7 +11,6 @@ ranks. Only checkpoints are read; nothing is evaluated.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass

@@ -1,5 +1,7 @@
-"""Every result file under ``results/`` gathered into the paper's tables (Table 2, per-dataset tables) and radar
-charts (Fig. 4).
+"""The report of ``report.py``: every result file under ``results/`` gathered into the paper's tables (Table 2,
+per-dataset tables) and radar charts (Fig. 4), written as ``report.md``, ``table2.csv``, ``per_dataset.csv``,
+``report.json`` and the charts (:func:`write_report`). The files are read by :mod:`tsvmerge.analysis.result_files`;
+the command itself is :mod:`tsvmerge.recipes.report`.
 
 - Table 2: rows are methods, columns model × number of tasks (the benchmark task lists: the first T of SPEC §4),
   cells the average absolute test top-1 with the normalized one in parentheses (percent). A reference row
@@ -19,202 +21,34 @@ the others are listed in the report.
 
 from __future__ import annotations
 
-import argparse
-import errno
-import json
-import logging
 import math
 import os
-import sys
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import is_benchmark_prefix
 from ..merging.registry import display_rank, method_label
-from ..plotting.style import METHOD_LABELS
-from ..utils.entry_point import run_main
-from ..utils.errors import UserError
 from .multirun import read_sweep, sweep_markdown
+from .result_files import ResultRecord, Warn, collect_results, finetuned_accuracies, finetuned_accuracies_of_runs
 
 __all__ = [
-    "METHOD_LABELS",
+    "AVERAGE_COLUMN",
     "Report",
-    "ResultFileError",
-    "ResultRecord",
     "build_report",
-    "collect_results",
-    "main",
-    "report_from_config",
-    "run_report",
+    "per_dataset_markdown",
+    "per_dataset_rows",
+    "table2_markdown",
+    "table2_rows",
     "write_report",
 ]
-
-log = logging.getLogger(__name__)
-
-RESULT_SCHEMA_PREFIX = "tsvmerge.merge_eval/"
 
 MODEL_ORDER = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
 FINETUNED = "finetuned"
 #: The per-dataset tables' last column, the mean over the datasets (and the ``dataset`` of its CSV rows); the same
 #: word as the weight-averaging method's name, which it does not mean.
 AVERAGE_COLUMN = "average"
-
-
-@dataclass(frozen=True)
-class ResultRecord:
-    """One ``main.py`` result file."""
-
-    path: Path
-    model: str
-    method: str
-    full_name: str
-    suffix: str
-    datasets: tuple[str, ...]
-    test: Mapping[str, float]
-    task_specific: bool
-    created: str
-    ft_accuracies_file: str | None = None  # the accuracy file the run normalized by
-
-    @property
-    def num_tasks(self) -> int:
-        return len(self.datasets)
-
-    @property
-    def benchmark(self) -> bool:
-        """The first T tasks of the benchmark list (a Table 2 column), not an explicit DATASETS list."""
-        return is_benchmark_prefix(self.datasets)
-
-    @property
-    def tasks_label(self) -> str:
-        return f"{self.num_tasks} tasks" if self.benchmark else "+".join(self.datasets)
-
-    @property
-    def row(self) -> tuple[str, str, str]:
-        return (self.method, self.full_name, self.suffix)
-
-
-def _suffix(path: Path) -> str:
-    stem = path.stem
-    marker = "_nonlinear_additions_"
-    return stem.split(marker, 1)[1] if marker in stem else ""
-
-
-class ResultFileError(UserError, ValueError):
-    """A file under the results folder that cannot be used: unreadable, not valid JSON, or holding NaN / ±inf."""
-
-
-Warn = Callable[[str], None]
-
-
-def _reject_non_finite(text: str) -> float:
-    raise ValueError(f"it holds the non-finite number {text}")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # e.g. 1e999, which JSON parses as infinity
-        _reject_non_finite(text)
-    return value
-
-
-def load_json(path: Path) -> Any:
-    """The JSON in ``path``; ResultFileError naming it when it cannot be read or holds a non-finite number."""
-    try:
-        return json.loads(path.read_text(), parse_constant=_reject_non_finite, parse_float=_finite_float)
-    except OSError as exc:
-        raise ResultFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise ResultFileError(f"{path}: not a text file") from None
-    except json.JSONDecodeError as exc:
-        raise ResultFileError(f"{path}: not valid JSON ({exc})") from None
-    except ValueError as exc:
-        raise ResultFileError(f"{path}: {exc}") from None
-
-
-def read_result(path: Path) -> ResultRecord | None:
-    """A result file of the ``tsvmerge.merge_eval`` schema, or None for any other JSON.
-
-    Raises ResultFileError for a file that cannot be read or parsed, holds a non-finite number, or has the schema
-    but not its fields.
-    """
-    payload = load_json(path)
-    if not isinstance(payload, dict) or not str(payload.get("schema", "")).startswith(RESULT_SCHEMA_PREFIX):
-        return None
-    test = payload.get("test")
-    if not isinstance(test, dict) or not isinstance(payload.get("datasets"), list):
-        raise ResultFileError(f"{path}: a result file without its 'test' section or 'datasets' list")
-    return ResultRecord(
-        path=path, model=str(payload.get("model")), method=str(payload.get("method")),
-        full_name=str(payload.get("method_full_name") or payload.get("method")), suffix=_suffix(path),
-        datasets=tuple(payload["datasets"]), test=test, task_specific=payload.get("task_choices") is not None,
-        created=str(payload.get("created_utc") or ""),
-        ft_accuracies_file=str(payload["ft_accuracies_file"]) if payload.get("ft_accuracies_file") else None,
-    )
-
-
-def collect_results(results_dir: str | Path, warn: Warn | None = None) -> list[ResultRecord]:
-    """Every merge result file below ``results_dir`` (hidden / temporary files skipped), sorted by path.
-
-    A file that cannot be used is skipped with a warning naming it (``warn``, default: the module's logger), so a
-    missing cell in the tables never goes unexplained.
-    """
-    warn = warn or log.warning
-    root = Path(results_dir)
-    records = []
-    for path in sorted(root.rglob("*.json")):
-        if any(part.startswith(".") for part in path.relative_to(root).parts):
-            continue
-        try:
-            record = read_result(path)
-        except ResultFileError as exc:
-            warn(f"skipped {exc}")
-            continue
-        if record is not None:
-            records.append(record)
-    return records
-
-
-def finetuned_accuracies(results_dir: str | Path, warn: Warn | None = None) -> dict[str, dict[str, float]]:
-    """``{model: {split: top-1}}`` from ``<results_dir>/single_task/<model>/nonlinear_ft_accuracies.json``."""
-    warn = warn or log.warning
-    out = {}
-    for path in sorted(Path(results_dir).glob("single_task/*/nonlinear_ft_accuracies.json")):
-        accuracies = _read_accuracies(path, path.parent.name, warn)
-        if accuracies is not None:
-            out[path.parent.name] = accuracies
-    return out
-
-
-def _read_accuracies(path: Path, model: str, warn: Warn) -> dict[str, float] | None:
-    """``{split: top-1}`` of one accuracy file; None (with a warning if it is unreadable) when it holds none."""
-    try:
-        data = load_json(path)
-    except ResultFileError as exc:
-        warn(f"skipped {exc} (the fine-tuned reference row of {model} stays empty)")
-        return None
-    if not isinstance(data, dict):
-        return None
-    return {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
-
-
-def finetuned_accuracies_of_runs(records: Sequence[ResultRecord], known: Mapping[str, Mapping[str, float]],
-                                 warn: Warn | None = None) -> dict[str, dict[str, float]]:
-    """``known`` completed with the accuracy files the runs themselves normalized by (``ft_accuracies_file`` of
-    their result files), for models ``known`` lacks: a multirun folder holds no ``single_task/`` folder, but its
-    runs name theirs. Only files that still exist are read."""
-    warn = warn or log.warning
-    out = {model: dict(accs) for model, accs in known.items()}
-    for record in records:
-        if record.model in out or not record.ft_accuracies_file:
-            continue
-        path = Path(record.ft_accuracies_file)
-        accuracies = _read_accuracies(path, record.model, warn) if path.is_file() else None
-        if accuracies is not None:
-            out[record.model] = accuracies
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------- tables
@@ -424,10 +258,9 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, *, rada
 
     ``warn`` receives one line per result file that had to be skipped.
     """
-    from ..utils.files import atomic_write
-    from ..utils.files import write_json
     from ..plotting.evaluation import plot_radar
     from ..plotting.style import write_csv
+    from ..utils.files import atomic_write, write_json
 
     results_dir = Path(results_dir)
     out = Path(out) if out is not None else results_dir / "report"
@@ -495,64 +328,3 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, *, rada
                                      "multirun": jobs})
     written["report.json"] = out / "report.json"
     return written
-
-
-PROG = "report.py"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """report.py's flags: each sets a key of the report schema (``config/report.yaml``)."""
-    from ..config.flags import Flag, add_flags
-    from ..config.schema import ReportSchema
-
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Gather every main.py result file under --results-dir into the paper's tables (Markdown, CSV) "
-                    "and radar charts.")
-    add_flags(parser, ReportSchema, [
-        Flag("results_dir", ("--results-dir",)), Flag("out", ("--out",)),
-        Flag("radar_metric", ("--radar-metric",)), Flag("radar", ("--no-radar",), "false", "skip the radar charts"),
-    ])
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of config/report.yaml")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None, config: Any = None) -> int:
-    """``report.py`` / ``tsvmerge-report``: flags and overrides composed on ``config/report.yaml`` (``config``: the
-    entry point's :class:`~tsvmerge.config.ConfigSource`; None: the installed schema alone)."""
-    from ..config import ConfigSource, compose_config
-    from ..config.flags import flag_overrides
-
-    args = build_parser().parse_args(argv)
-    source = config if config is not None else ConfigSource(None)
-    name = "report" if source.config_dir is not None else "report_schema"
-    return run_main(PROG, lambda: report_from_config(
-        compose_config(source, name, [*flag_overrides(args), *args.overrides])))
-
-
-def report_from_config(cfg: Any) -> int:
-    """Body of ``report.py``: the composed ``report`` configuration (results_dir, out, radar, radar_metric)."""
-    metric = cfg.radar_metric
-    return run_report(str(cfg.results_dir), None if cfg.out is None else str(cfg.out), radar=bool(cfg.radar),
-                      radar_metric=str(getattr(metric, "name", metric)))
-
-
-def run_report(results_dir: str | Path, out: str | Path | None = None, *, radar: bool = True,
-               radar_metric: str = "top1") -> int:
-    """Check the folders, write the report, print it; unusable result files are skipped with a warning each."""
-    from ..utils.files import check_output_path
-
-    results = Path(results_dir)
-    if not results.is_dir():
-        raise FileNotFoundError(errno.ENOENT, "no such results directory; give the folder holding main.py's result "
-                                "files (--results-dir)", str(results))
-    target = Path(out) if out is not None else results / "report"
-    check_output_path(target, label="report folder", folder=True)
-    written = write_report(results, target, radar=radar, radar_metric=radar_metric, warn=_warn_on_stderr)
-    print(Path(written["report.md"]).read_text())
-    print("written: " + ", ".join(str(p) for p in written.values()))
-    return 0
-
-
-def _warn_on_stderr(message: str) -> None:
-    print(f"{PROG}: warning: {message}", file=sys.stderr)

@@ -1,5 +1,9 @@
 """Checkpoint I/O: published file layout, lazy state dicts, restricted unpickling, TALL mask files.
 
+Restricted unpickling is in two modules: :mod:`~tsvmerge.checkpoints.restricted_unpickler`, the generic loader that
+admits only an explicit allow-list of globals, and :mod:`~tsvmerge.checkpoints.safe_pickle`, the allow-list of the
+published whole-module encoder files (open_clip / task_vectors classes) and its loader.
+
 Head loading lives in :mod:`tsvmerge.models.heads` (it imports this package, so it is not re-exported here).
 """
 
@@ -14,14 +18,8 @@ from tsvmerge.checkpoints.paths import (
     tall_mask_paths,
     zeroshot_checkpoint_path,
 )
-from tsvmerge.checkpoints.safe_pickle import (
-    LegacyImageEncoder,
-    UnsafeCheckpointError,
-    checkpoint_format,
-    legacy_module_allow_list,
-    load_legacy_module,
-    load_pickled_object,
-)
+from tsvmerge.checkpoints.restricted_unpickler import UnsafeCheckpointError, checkpoint_format, load_pickled_object
+from tsvmerge.checkpoints.safe_pickle import LegacyImageEncoder, legacy_module_allow_list, load_legacy_module
 from tsvmerge.checkpoints.state_dict import (
     CheckpointFormatError,
     CheckpointMismatchError,

@@ -19,7 +19,7 @@ from numpy.lib import format as npy_format
 
 from tsvmerge.checkpoints.paths import require_file
 from tsvmerge.utils.files import PathLike, atomic_write
-from tsvmerge.checkpoints.safe_pickle import UnsafeCheckpointError, _RestrictedUnpickler
+from tsvmerge.checkpoints.restricted_unpickler import UnsafeCheckpointError, _RestrictedUnpickler
 
 __all__ = [
     "check_mask_file",

@@ -1,4 +1,6 @@
-"""Configuration: one path for every entry point.
+"""Configuration, one path for every command: the schemas (Hydra structured configs behind the YAML files),
+their composition with errors that list the valid keys and values, and the checks every command's settings share.
+Imports only `tsvmerge.utils`.
 
 - :mod:`~tsvmerge.config.schema`: the keys of every entry point, with types, defaults and allowed values
   (Hydra structured configs, registered in Hydra's ConfigStore by :func:`register_configs`);

@@ -222,10 +222,10 @@ class DemoSchema:
     num_tasks: Optional[int] = _key(None, "the first N synthetic tasks (null: 8; quick: 4)", minimum=1)
     methods: Optional[List[str]] = _key(None, "merge methods of the table, in order (a method reading saved masks "
                                               "after the one saving them); null: every method of the demo's table "
-                                              "(tsvmerge.demo.DEFAULT_METHODS)")
+                                              "(tsvmerge.recipes.demo.DEFAULT_METHODS)")
     method_settings: Optional[Dict[str, List[str]]] = _key(
         None, "method parameters per method, as key=value (main.py's method.<key>=value); null: "
-              "tsvmerge.demo.DEFAULT_METHOD_SETTINGS (CART's authors published no settings for the demo model, so "
+              "tsvmerge.recipes.demo.DEFAULT_METHOD_SETTINGS (CART's authors published no settings for the demo model, so "
               "it uses their 8-task ViT-B-32 values)")
     analyses: List[str] = _key([], "analyses run after the merges (docs/analysis.md)")
     quick: bool = _key(False, "reduced run: 4 tasks, short pre-training and fine-tuning")

@@ -1,9 +1,6 @@
-"""The embedded offline demo: a tiny CLIP pre-trained on synthetic tasks, fine-tuned, merged and evaluated."""
+"""The embedded offline demo's own parts: the tiny CLIP pre-trained on synthetic tasks (``pretrain``) and the
+summary of its results (``summary``). The demo command itself is :mod:`tsvmerge.recipes.demo`."""
 
-from .pipeline import DEFAULT_ANALYSES, DEFAULT_METHOD_SETTINGS, DEFAULT_METHODS, DemoPlan, demo_plan, run_demo
 from .pretrain import PretrainSettings, pretrain_clip
 
-__all__ = [
-    "DEFAULT_ANALYSES", "DEFAULT_METHOD_SETTINGS", "DEFAULT_METHODS", "DemoPlan", "PretrainSettings", "demo_plan",
-    "pretrain_clip", "run_demo",
-]
+__all__ = ["PretrainSettings", "pretrain_clip"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis.report import ResultRecord, collect_results
+from ..analysis.result_files import ResultRecord, collect_results
 from ..checkpoints.paths import single_task_accuracy_path
 from ..utils.files import atomic_write
 from ..merging.registry import available_methods, method_class, method_label

@@ -1,8 +1,8 @@
 """One module per dataset family; each exposes ``DatasetSource`` objects collected by ``tsvmerge.data.registry``.
 
-The 20 benchmark datasets, then the 8 generated tasks of the demo (``synthetic``). Each benchmark source reads a
-complete ``tsvmerge download data`` copy (``<location>/hub/<Name>``, see ``hub``) where there is one, else the
-published layout."""
+The 20 benchmark datasets, then the 8 generated tasks of the demo (``synthetic``; their images are drawn by
+``synthetic_images``). Each benchmark source reads a complete ``tsvmerge download data`` copy
+(``<location>/hub/<Name>``, see ``hub``) where there is one, else the published layout."""
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import synthetic as tasks
+from . import synthetic_images as drawing
 
 __all__ = ["SCENES_VERSION", "generate_scenes", "load_scenes", "scene_caption", "scenes_path"]
 
@@ -77,12 +78,12 @@ def generate_scenes(count: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
     rng = np.random.default_rng(zlib.crc32(f"tsvmerge-synthetic/Scenes/{seed}".encode()))
     n = count
     # Backgrounds from every task's domain, evenly mixed.
-    domain = rng.integers(0, len(tasks.DOMAINS), n)
-    canvas = np.empty((n, tasks.IMAGE_SIZE, tasks.IMAGE_SIZE, 3), dtype=np.float32)
-    for d, name in enumerate(tasks.DOMAINS):
+    domain = rng.integers(0, len(drawing.DOMAINS), n)
+    canvas = np.empty((n, drawing.IMAGE_SIZE, drawing.IMAGE_SIZE, 3), dtype=np.float32)
+    for d, name in enumerate(drawing.DOMAINS):
         index = np.flatnonzero(domain == d)
-        canvas[index] = tasks._domain_backgrounds(name, rng, len(index))
-    k = tasks.NUM_CLASSES
+        canvas[index] = drawing._domain_backgrounds(name, rng, len(index))
+    k = drawing.NUM_CLASSES
     attributes = {
         "object": rng.integers(0, 3 * k, n), "size": rng.integers(0, k, n), "position": rng.integers(0, k, n),
         "color": rng.integers(0, k, n), "stripes": rng.integers(0, k, n), "count": rng.integers(0, k, n),
@@ -91,7 +92,7 @@ def generate_scenes(count: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
         "stripes": rng.random(n) < STRIPES_FRACTION, "count": rng.random(n) < DOTS_FRACTION,
         "color": rng.random(n) < PALETTE_FRACTION,
     }
-    for key, draw in (("stripes", tasks._draw_stripes), ("count", tasks._draw_counting)):
+    for key, draw in (("stripes", drawing._draw_stripes), ("count", drawing._draw_counting)):
         index = np.flatnonzero(present[key])
         part = canvas[index]
         draw(rng, part, attributes[key][index])
@@ -104,13 +105,13 @@ def generate_scenes(count: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
     size = attributes["size"]
     heights = np.rint(5.0 + 2.6 * size + rng.uniform(-0.6, 0.6, n)).astype(np.int64)
     col, row = attributes["position"] % 5, attributes["position"] // 5
-    centers = np.column_stack([(col + 0.5) * tasks.IMAGE_SIZE / 5 + rng.uniform(-2.4, 2.4, n),
-                               (row + 0.5) * tasks.IMAGE_SIZE / 2 + rng.uniform(-6.0, 6.0, n)])
-    named = np.clip(tasks._PALETTE[attributes["color"]] * rng.uniform(0.85, 1.05, size=(n, 1))
+    centers = np.column_stack([(col + 0.5) * drawing.IMAGE_SIZE / 5 + rng.uniform(-2.4, 2.4, n),
+                               (row + 0.5) * drawing.IMAGE_SIZE / 2 + rng.uniform(-6.0, 6.0, n)])
+    named = np.clip(drawing._PALETTE[attributes["color"]] * rng.uniform(0.85, 1.05, size=(n, 1))
                     + rng.normal(0.0, 8.0, size=(n, 3)), 0, 255).astype(np.float32)
-    colors = np.where(present["color"][:, None], named, tasks._random_colors(rng, n))
-    tasks._draw_objects(rng, canvas, attributes["object"], heights, colors, centers)
-    tasks._add_specks(rng, canvas)
+    colors = np.where(present["color"][:, None], named, drawing._random_colors(rng, n))
+    drawing._draw_objects(rng, canvas, attributes["object"], heights, colors, centers)
+    drawing._add_specks(rng, canvas)
     sigma = rng.uniform(10.0, 18.0, size=(n, 1, 1, 1)).astype(np.float32)
     canvas += sigma * rng.standard_normal(canvas.shape, dtype=np.float32)
     images = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)

@@ -1,4 +1,4 @@
-"""The embedded demo, end to end: synthetic tasks -> pre-trained tiny CLIP -> fine-tuning -> single-task accuracies
+"""``demo.py``: the embedded demo, end to end: synthetic tasks -> pre-trained tiny CLIP -> fine-tuning -> single-task accuracies
 -> every merge method -> table and chart (``python demo.py``, ``make demo``).
 
 Steps 3-6 run the recipes of the project's entry points (``finetune.py``, ``eval_single_task.py``, ``main.py``,
@@ -10,6 +10,7 @@ checkpoints, accuracy and result files) unless what it depends on changed; ``for
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -20,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..analysis.report import collect_results
+from ..analysis.result_files import collect_results
 from ..checkpoints.paths import finetuned_checkpoint_path, single_task_accuracy_path
 from ..config import ConfigError, ConfigSource, Problems, compose_config, to_container
-from ..config.flags import quote
+from ..config.flags import Flag, add_flags, group_flag, quote
 from ..config.schema import DemoSchema
 from ..models.model_config import model_spec
 from ..data import task_list
@@ -31,8 +32,8 @@ from ..data.datasets.synthetic import GENERATOR_VERSION, generate_all
 from ..data.datasets.synthetic_scenes import SCENES_VERSION
 from ..merging import build_method
 from ..merging.registry import method_class
-from .pretrain import PRETRAIN_POOLS, PretrainSettings, pretrain_clip
-from .summary import demo_table_methods, summarize, summary_markdown, write_summary
+from ..demo.pretrain import PRETRAIN_POOLS, PretrainSettings, pretrain_clip
+from ..demo.summary import demo_table_methods, summarize, summary_markdown, write_summary
 
 __all__ = ["DEFAULT_ANALYSES", "DEFAULT_METHOD_SETTINGS", "DEFAULT_METHODS", "DemoPlan", "demo_plan", "run_demo"]
 
@@ -155,15 +156,11 @@ def _newer_than(path: Path, inputs: Sequence[Path]) -> bool:
 
 def run_demo(plan: DemoPlan) -> dict[str, object]:
     """Run every step of ``plan``; returns the timings, the summary rows and the written files."""
-    from ..analysis.commands import check_analysis_config, run_analysis
-    from ..analysis.common import Workspace
     from ..analysis.report import write_report
     from ..evaluation.run_settings import settings_from_config
-    from ..evaluation.merge_eval import run_merge_evaluation
-    from ..evaluation.single_task import run_single_task
-    from ..evaluation.single_task_settings import single_task_settings
-    from ..training.run import run_finetuning
-    from ..training.settings import finetune_config
+    from . import eval_single_task, merge_and_evaluate
+    from . import finetune as finetune_recipe
+    from .analyze import Workspace, check_analysis_config, run_analysis
 
     if plan.config is None:
         raise ValueError("DemoPlan.config: the folder of the entry points' YAML files is needed")
@@ -213,10 +210,10 @@ def run_demo(plan: DemoPlan) -> dict[str, object]:
                            "seed": plan.seed, "task_parallel": plan.finetune_parallel,
                            "num_workers": 0, "progress": plan.progress, "epochs": plan.finetune_epochs,
                            "max_steps": plan.finetune_max_steps})
-    cfg = finetune_config(compose_config(source, "finetune", [*model, *finetune]))
+    cfg = finetune_recipe.finetune_config(compose_config(source, "finetune", [*model, *finetune]))
     timings["finetune_s"] = _step("fine-tuning the image encoder on each task",
                                   ["python", "finetune.py", f"--model={plan.model}", *finetune],
-                                  lambda: run_finetuning(cfg))
+                                  lambda: finetune_recipe.run(cfg))
     checkpoints = [finetuned_checkpoint_path(plan.model_location, plan.model, f"{d}Val") for d in tasks]
 
     # 4. Single-task accuracies of the fine-tuned models: the denominators of normalized accuracy.
@@ -224,10 +221,10 @@ def run_demo(plan: DemoPlan) -> dict[str, object]:
     if plan.force or not _newer_than(accuracies, checkpoints) or not _has_keys(accuracies, tasks):
         evaluate = _overrides({**locations, "finetuning_mode": "standard", "datasets": tasks, "num_workers": 0,
                                "progress": plan.progress})
-        settings = single_task_settings(compose_config(source, "eval_single_task", [*model, *evaluate]))
+        settings = eval_single_task.single_task_settings(compose_config(source, "eval_single_task", [*model, *evaluate]))
         timings["single_task_s"] = _step("evaluating each fine-tuned model on its own task",
                                          ["python", "eval_single_task.py", f"--model={plan.model}", *evaluate],
-                                         lambda: print(run_single_task(**settings).table))
+                                         lambda: print(eval_single_task.run(settings).table))
     else:
         print(f"\n==> single-task accuracies: {accuracies} (cached)", flush=True)
 
@@ -243,7 +240,7 @@ def run_demo(plan: DemoPlan) -> dict[str, object]:
         composed = compose_config(source, "config", overrides)
         run = settings_from_config(composed)
         _step(f"merging and evaluating: {method}", ["python", "main.py", *overrides],
-              lambda run=run, composed=composed: print(run_merge_evaluation(run, None, to_container(composed)).table))
+              lambda run=run, composed=composed: print(merge_and_evaluate.run(run, None, to_container(composed)).table))
     if todo:
         timings["merge_eval_s"] = time.perf_counter() - tick
     else:
@@ -338,3 +335,28 @@ def _fresh_methods(plan: DemoPlan, tasks: Sequence[str], inputs: Sequence[Path])
     return {record.method for record in collect_results(folder)
             if record.model == plan.model and list(record.datasets) == list(tasks)
             and "lambda" not in record.suffix and _newer_than(record.path, inputs)}
+
+
+# ------------------------------------------------------------------------------------------------- command line
+
+def build_parser(description: str = "") -> argparse.ArgumentParser:
+    """demo.py's flags, each setting a key of config/demo.yaml (``description``: the script's usage text)."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flags(parser, DemoSchema, [
+        group_flag("model", ("--model",), "model config (config/model/<name>.yaml) with `benchmark: synthetic` "
+                                          "(default demo)"),
+        Flag("num_tasks", ("--num-tasks", "--tasks")), Flag("methods", ("--methods",), "list"),
+        Flag("quick", ("--quick",), "true"), Flag("seed", ("--seed",)), Flag("pretrain_steps", ("--pretrain-steps",)),
+        Flag("pretrain_pool", ("--pretrain-pool",)),
+        Flag("finetune_epochs", ("--finetune-epochs",)), Flag("finetune_max_steps", ("--finetune-max-steps",)),
+        Flag("finetune_parallel", ("--finetune-parallel",)),
+        Flag("n_eval_points", ("--n-eval-points",)), Flag("data_location", ("--data-location",)),
+        Flag("model_location", ("--model-location",)), Flag("results_dir", ("--results-dir",)),
+        Flag("pretrained", ("--pretrained",)), Flag("force", ("--force",), "true"),
+        Flag("progress", ("--no-progress",), "false", "no progress bars"),
+    ])
+    parser.add_argument("--analyses", nargs="*", metavar="ANALYSIS",
+                        help="run analyses after the merges (no names: every analysis of docs/analysis.md)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of config/demo.yaml")
+    return parser

@@ -6,7 +6,7 @@ the command that fetches each missing part.
     tsvmerge doctor model=demo
 
 Takes main.py's overrides and composes the configuration through the same path (Hydra, ``config/config.yaml``), then
-runs main.py's own input check (:func:`tsvmerge.evaluation.merge_eval.check_run_inputs`): "ready" here means main.py
+runs main.py's own input check (:func:`tsvmerge.evaluation.run_inputs.check_run_inputs`): "ready" here means main.py
 will not stop for a missing input. Exit status 0 when ready, 1 when something is missing or unusable, 2 for a bad
 command line or configuration.
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .evaluation.run_settings import RunSettings
-    from .evaluation.merge_eval import RunInputs
+    from ..evaluation.run_settings import RunSettings
+    from ..evaluation.run_inputs import RunInputs
 
 __all__ = ["EXIT_MISSING", "EXIT_READY", "Diagnosis", "add_parser", "diagnose", "main_config_dir", "run"]
 
@@ -95,7 +95,7 @@ def _demo_command(settings: RunSettings) -> str:
 
 def checkpoint_fetch(settings: RunSettings) -> str:
     """How to get the checkpoints (and heads, masks) of this run's model."""
-    from .download.checkpoints import PUBLISHED_MODELS, fetch_command
+    from ..download.checkpoints import PUBLISHED_MODELS, fetch_command
 
     name = settings.model.name
     if name in PUBLISHED_MODELS and settings.model.benchmark == "paper":
@@ -108,7 +108,7 @@ def checkpoint_fetch(settings: RunSettings) -> str:
 
 def data_fetch(settings: RunSettings, missing: Sequence[str]) -> str:
     """How to get the missing datasets: ``tsvmerge download data`` (the synthetic demo tasks: the demo)."""
-    from .download.checkpoints import BENCHMARK_SIZES
+    from ..download.checkpoints import BENCHMARK_SIZES
 
     if _is_demo(settings):
         return _demo_command(settings)
@@ -123,7 +123,7 @@ def data_fetch(settings: RunSettings, missing: Sequence[str]) -> str:
 
 def diagnose(settings: RunSettings, inputs: RunInputs, overrides: Sequence[str] = ()) -> Diagnosis:
     """Sort main.py's preflight findings into present / missing per kind, each with its fetch command."""
-    from .checkpoints.paths import head_path
+    from ..checkpoints.paths import head_path
 
     check = inputs.check
     spec, tasks = settings.model, settings.datasets
@@ -163,9 +163,9 @@ def _dataset_line(name: str, message: str) -> str:
 def main_config_dir() -> Path:
     """main.py's ``config/`` folder: the one in the current directory (the repository root, where main.py runs),
     else the one beside the source tree of an editable install."""
-    from .config import ConfigError
+    from ..config import ConfigError
 
-    for candidate in (Path.cwd() / "config", Path(__file__).resolve().parents[2] / "config"):
+    for candidate in (Path.cwd() / "config", Path(__file__).resolve().parents[3] / "config"):
         if (candidate / "config.yaml").is_file():
             return candidate
     raise ConfigError("cannot find main.py's config/config.yaml: run tsvmerge doctor from the repository root")
@@ -190,10 +190,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace, out: Callable[[str], object] = print) -> int:
     """Body of ``tsvmerge doctor``: print the diagnosis; 0 ready, 1 missing (configuration errors raise)."""
-    from .config import compose_config
-    from .recipes.configs import config_source
-    from .evaluation.run_settings import settings_from_config
-    from .evaluation.merge_eval import check_run_inputs
+    from ..config import compose_config
+    from .configs import config_source
+    from ..evaluation.run_settings import settings_from_config
+    from ..evaluation.run_inputs import check_run_inputs
 
     source = config_source(main_config_dir(), args.config_dir)
     settings = settings_from_config(compose_config(source, "config", args.overrides))
@@ -207,7 +207,7 @@ def run(args: argparse.Namespace, out: Callable[[str], object] = print) -> int:
 
 def leftover_lines(folders: Sequence[Path]) -> list[str]:
     """What interrupted ``tsvmerge merge`` runs left in ``folders`` (their temporary output folders), if anything."""
-    from .checkpoints.output_folders import find_stale_temporaries
+    from ..checkpoints.output_folders import find_stale_temporaries
 
     found = find_stale_temporaries(folders)
     if not found:

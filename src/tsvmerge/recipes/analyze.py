@@ -1,6 +1,9 @@
-"""The analyses as commands: ``python analyze.py analysis=<name> ...`` (``config/analysis/<name>.yaml``).
+"""``analyze.py``: the paper's analyses as commands, ``python analyze.py analysis=<name> ...``
+(``config/analysis/<name>.yaml``).
 
-Each command validates its parameters (a dataclass per analysis: unknown keys are rejected with the valid ones),
+Reads top to bottom: :class:`Workspace` (main.py's settings of the run, and the merges and evaluations an analysis
+asks for), each analysis' runner (``run_<name>``), then the command line (:func:`check_analysis_config`,
+:func:`run_from_hydra`). Each analysis validates its parameters (a dataclass per analysis: unknown keys are rejected with the valid ones),
 computes its numbers, writes them (JSON / CSV / Markdown) and its figures (PNG with the numbers beside them) to
 ``<results_dir>/analysis/<model>/<analysis>/`` (or ``analysis.out_dir``), and returns the files written.
 """
@@ -8,6 +11,7 @@ computes its numbers, writes them (JSON / CSV / Markdown) and its figures (PNG w
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 import sys
@@ -15,13 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from ..config import ConfigError, ConfigSource
-from ..utils.files import write_json
-from ..utils.errors import UserError
-from .common import EvalSession, Workspace, open_task_vectors, tasks_tag
-from .params import (
+from ..analysis.common import EvalSession, open_task_vectors, tasks_tag
+from ..analysis.params import (
     ANALYSIS_PARAMS,
     AblationParams,
     AlphaHeatmapParams,
@@ -33,13 +34,100 @@ from .params import (
     StiParams,
     TruncationParams,
 )
+from ..config import ConfigError, ConfigSource, compose_config
+from ..data import benchmark_tasks
+from ..evaluation.run_inputs import settings_result_path
+from ..evaluation.run_settings import RunSettings, settings_from_config
+from ..utils.files import write_json
+from ..utils.errors import UserError
+from . import merge_and_evaluate
 
 if TYPE_CHECKING:
     from ..merging import MergeMethod
 
-__all__ = ["ANALYSES", "check_analysis_config", "parse_params", "run_analysis", "run_from_hydra"]
+__all__ = ["ANALYSES", "Workspace", "check_analysis_config", "parse_params", "run_analysis", "run_from_hydra"]
 
 log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------- workspace
+
+class Workspace:
+    """The validated ``main.py`` part of an analysis configuration, and what derives from it.
+
+    ``cfg`` is the composed configuration (``analysis`` and ``hydra`` sections are ignored); ``source`` is where
+    the entry point's YAML files are: the method configs of other runs (the ablation's methods, say) are composed
+    from it by Hydra, exactly as ``main.py method=<name>`` would.
+    """
+
+    def __init__(self, cfg: DictConfig | Mapping[str, Any], source: ConfigSource) -> None:
+        container = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+        plain = OmegaConf.to_container(container, resolve=False, enum_to_str=True)
+        assert isinstance(plain, dict)
+        plain.pop("analysis", None)
+        plain.pop("hydra", None)
+        self._raw: dict[str, Any] = plain
+        self.source = source
+        self.settings = settings_from_config(OmegaConf.create(plain))
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(self.settings.datasets)
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.model.name
+
+    def output_dir(self, analysis: str, out_dir: str | Path | None = None) -> Path:
+        """``<results_dir>/analysis/<model>/<analysis>/`` (or ``out_dir``), created."""
+        path = Path(out_dir) if out_dir else self.settings.results_dir / "analysis" / self.model_name / analysis
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def method_section(self, method: str) -> dict[str, Any]:
+        """``config/method/<method>.yaml`` as Hydra composes it (``method=<method>``)."""
+        section = compose_config(self.source, "config", [f"method={method}"])["method"]
+        return OmegaConf.to_container(section, resolve=False, enum_to_str=True)  # type: ignore[return-value]
+
+    def _raw_for(self, method: str | None, datasets: Sequence[str] | None, overrides: Mapping[str, Any]) -> dict:
+        raw = json.loads(json.dumps(self._raw))  # deep copy, interpolations kept
+        if method is not None:
+            raw["method"] = self.method_section(method)
+        if datasets is not None:
+            datasets = list(datasets)
+            if tuple(datasets) == benchmark_tasks(self.settings.model.benchmark)[: len(datasets)]:
+                raw["num_tasks"], raw["DATASETS"] = len(datasets), None
+            else:
+                raw["DATASETS"] = datasets
+        raw.update(overrides)
+        return raw
+
+    def run_settings(self, method: str | None = None, datasets: Sequence[str] | None = None,
+                     **overrides: Any) -> RunSettings:
+        """``main.py``'s settings for ``method`` (its ``config/method/<method>.yaml``) on ``datasets``.
+
+        A dataset list equal to the first T benchmark tasks is given as ``num_tasks=T`` so that result files get
+        the benchmark name (``<model>_<T>tasks_<method>_..._valbest.json``), exactly as ``main.py num_tasks=T``.
+        """
+        return settings_from_config(OmegaConf.create(self._raw_for(method, datasets, overrides)))
+
+    def merge_result(self, method: str, datasets: Sequence[str] | None = None, *, recompute: bool = False,
+                     **overrides: Any) -> tuple[dict[str, Any], Path, bool]:
+        """The result file of ``python main.py method=<method>`` on ``datasets``: read if it exists (unless
+        ``recompute``), else produced by running ``main.py``'s recipe. Returns ``(payload, path, ran)``.
+
+        Runs write the usual result file (``<results_dir>/<save_subfolder>/...json``), so ``report.py`` sees them.
+        """
+        raw = self._raw_for(method, datasets, overrides)
+        settings = settings_from_config(OmegaConf.create(raw))
+        path = settings_result_path(settings)
+        if path.is_file() and not recompute:
+            log.info("reusing %s", path)
+            return json.loads(path.read_text()), path, False
+        resolved = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
+        outcome = merge_and_evaluate.run(settings, None, resolved)  # type: ignore[arg-type]
+        print(outcome.table)
+        return outcome.payload, outcome.path, True
 
 
 # --------------------------------------------------------------------------------------------------- parameters
@@ -91,7 +179,7 @@ def _progress(ws: Workspace) -> bool:
 def run_sti(ws: Workspace, p: StiParams) -> list[Path]:
     from ..plotting.interference import plot_gram_heatmap, plot_sti_layers
     from ..plotting.style import write_csv
-    from .interference import VARIANTS, gram_data, interference_table, select_layer
+    from ..analysis.interference import VARIANTS, gram_data, interference_table, select_layer
 
     out, tag = ws.output_dir("sti", p.out_dir), tasks_tag(ws.datasets)
     tasks = open_task_vectors(ws.settings)
@@ -114,10 +202,9 @@ def run_sti(ws: Workspace, p: StiParams) -> list[Path]:
 def run_sti_accuracy(ws: Workspace, p: StiAccuracyParams) -> list[Path]:
     import json
 
-    from ..evaluation.merge_eval import settings_result_path
     from ..plotting.interference import plot_sti_vs_accuracy
-    from .alpha_heatmap import resolve_subsets
-    from .interference import interference_table, sti_accuracy_points
+    from ..analysis.alpha_heatmap import resolve_subsets
+    from ..analysis.interference import interference_table, sti_accuracy_points
 
     out = ws.output_dir("sti_accuracy", p.out_dir)
     full_rank = any(v.startswith("full_rank") for v in p.methods.values())
@@ -174,7 +261,7 @@ def select_layers(per_entry: Mapping[str, Any], patterns: Sequence[str] | None, 
 def run_spectra(ws: Workspace, p: SpectraParams) -> list[Path]:
     from ..plotting.lowrank import plot_energy, plot_spectra
     from ..plotting.style import write_csv
-    from .spectra import ENERGY_LEVELS, layer_spectra
+    from ..analysis.spectra import ENERGY_LEVELS, layer_spectra
 
     out, tag = ws.output_dir("spectra", p.out_dir), tasks_tag(ws.datasets)
     tasks = open_task_vectors(ws.settings)
@@ -197,7 +284,7 @@ def run_merged_spectra(ws: Workspace, p: MergedSpectraParams) -> list[Path]:
     from ..plotting.lowrank import plot_merged_spectra
     from ..merging import method_label
     from ..plotting.style import write_csv
-    from .merged_spectra import merged_spectra, merged_spectra_markdown, method_overview, summary_rows
+    from ..analysis.merged_spectra import merged_spectra, merged_spectra_markdown, method_overview, summary_rows
 
     methods = {name: _configured_method(ws, name) for name in p.methods}  # every config checked before any work
     out, tag = ws.output_dir("merged_spectra", p.out_dir), tasks_tag(ws.datasets)
@@ -229,7 +316,7 @@ def _configured_method(ws: Workspace, name: str) -> MergeMethod:
 
 def run_procrustes(ws: Workspace, p: ProcrustesParams) -> list[Path]:
     from ..plotting.lowrank import plot_procrustes
-    from .procrustes import procrustes_table
+    from ..analysis.procrustes import procrustes_table
 
     out, tag = ws.output_dir("procrustes", p.out_dir), tasks_tag(ws.datasets)
     table = procrustes_table(open_task_vectors(ws.settings), progress=_progress(ws))
@@ -238,7 +325,7 @@ def run_procrustes(ws: Workspace, p: ProcrustesParams) -> list[Path]:
 
 def run_truncation(ws: Workspace, p: TruncationParams) -> list[Path]:
     from ..plotting.lowrank import plot_truncation
-    from .truncation import truncation_curves
+    from ..analysis.truncation import truncation_curves
 
     out, tag = ws.output_dir("truncation", p.out_dir), tasks_tag(ws.datasets)
     session = EvalSession.open(ws.settings, ws.datasets, p.split)
@@ -252,7 +339,7 @@ def run_ablation(ws: Workspace, p: AblationParams) -> list[Path]:
     from ..utils.files import atomic_write
     from ..plotting.evaluation import plot_ablation
     from ..plotting.style import write_csv
-    from .ablation import ablation_markdown, ablation_rows
+    from ..analysis.ablation import ablation_markdown, ablation_rows
 
     out, tag = ws.output_dir("ablation", p.out_dir), tasks_tag(ws.datasets)
     payloads = {}
@@ -269,7 +356,7 @@ def run_ablation(ws: Workspace, p: AblationParams) -> list[Path]:
 
 def run_alpha_heatmap(ws: Workspace, p: AlphaHeatmapParams) -> list[Path]:
     from ..plotting.evaluation import plot_alpha_heatmap
-    from .alpha_heatmap import alpha_sweep, resolve_subsets
+    from ..analysis.alpha_heatmap import alpha_sweep, resolve_subsets
 
     out = ws.output_dir("alpha_heatmap", p.out_dir)
     subsets = resolve_subsets(p.subsets, ws.settings.model.benchmark)
@@ -290,7 +377,7 @@ def run_compression(ws: Workspace, p: CompressionParams) -> list[Path]:
     from ..merging import method_label
     from ..plotting.evaluation import plot_compression
     from ..plotting.style import write_csv
-    from .compression import compared_methods, storage_table
+    from ..analysis.compression import compared_methods, storage_table
 
     out, tag = ws.output_dir("compression", p.out_dir), tasks_tag(ws.datasets)
     tasks = open_task_vectors(ws.settings)
@@ -374,7 +461,6 @@ def run_analysis(name: str, workspace: Workspace, params: Any | Mapping[str, Any
 def check_analysis_config(cfg: DictConfig) -> Any:
     """Everything ``analyze.py`` checks before any work: main.py's configuration, the analysis' parameters (returned,
     as their dataclass) and its output folder."""
-    from ..evaluation.run_settings import settings_from_config
     from ..evaluation.preflight import output_folder_problem
 
     settings = settings_from_config(cfg)

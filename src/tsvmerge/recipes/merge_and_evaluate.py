@@ -1,0 +1,274 @@
+"""``main.py``: merge the fine-tuned checkpoints with one method and evaluate the merged model (SPEC §4).
+
+Reads top to bottom:
+
+1. the settings: :func:`check_run_config` reads the composed configuration into a
+   :class:`~tsvmerge.evaluation.run_settings.RunSettings` and checks that the result folder can be written;
+2. check every input on disk (checkpoints, heads, masks, accuracy file, datasets) - one error listing all gaps
+   (:mod:`tsvmerge.evaluation.run_inputs`);
+3. open the checkpoints once (memory-mapped) and build the image encoder from the zero-shot checkpoint;
+4. build each dataset and head once (:mod:`tsvmerge.evaluation.eval_data`);
+5. merge (the streaming engine of :mod:`tsvmerge.merging`);
+6. α sweep on the validation splits, the model rewritten in place for each α (or, for task-specific methods,
+   each task's own vector per mask choice λ), then the test splits at the chosen α / λ;
+7. write the result JSON atomically (plus a copy in the Hydra run directory) and print a table.
+
+:func:`run_from_hydra` is what ``main.py`` runs under Hydra; :func:`run` is the run itself, also used by the analyses
+that need a merged model's accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..checkpoints.state_dict import open_state_dict
+from ..checkpoints.tall_mask_files import save_tall_masks
+from ..config import ConfigError, to_container
+from ..evaluation.alpha_search import EarlyStopping, InPlaceWeights, alpha_grid, alpha_label
+from ..evaluation.eval_data import EvalData, build_eval_data
+from ..evaluation.evaluate import Evaluator, Runtime
+from ..evaluation.metrics import first_best, metrics_section
+from ..evaluation.preflight import output_folder_problem
+from ..evaluation.results import ResultFile, format_table
+from ..evaluation.run_inputs import mask_file_path, preflight, settings_result_path
+from ..evaluation.run_settings import RunSettings, settings_from_config
+from ..evaluation.tracking import Tracker, log_merge_result
+from ..merging import TaskVectors, build_method, flat_task_masks, merge
+from ..merging.entry_rules import check_rules_match, rules_for
+from ..models.encoder import build_image_encoder
+from ..models.preprocess import split_preprocess
+from ..utils.errors import UserError
+from ..utils.files import write_json
+
+__all__ = ["MergeEvalOutcome", "check_run_config", "run", "run_from_hydra"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MergeEvalOutcome:
+    payload: dict[str, Any]
+    path: Path
+    copies: list[Path]
+    table: str
+
+
+
+def run(settings: RunSettings, run_dir: Path | None = None,
+        config: Mapping[str, Any] | None = None) -> MergeEvalOutcome:
+    """The whole ``main.py`` run; returns the payload written to the result file."""
+    started = time.perf_counter()
+    timing: dict[str, float] = {}
+    spec, datasets, progress = settings.model, settings.datasets, settings.progress
+    method = build_method(settings.method, settings.method_params)
+    path = settings_result_path(settings, method)
+    zeroshot_path, finetuned_paths, ft_acc, mask_file = preflight(settings, method)
+    if mask_file is not None:
+        method = method.with_mask_file(str(mask_file))
+    params = {f.name: getattr(method, f.name) for f in dataclasses.fields(method)}
+    if settings.specify_lambda is not None and method.alpha_grid_max is None:
+        log.warning("specify_lambda applies to methods with an α grid; %s uses α=%g", settings.method,
+                    method.default_alpha)
+    runtime = Runtime.create(settings.device, settings.precision, settings.channels_last)  # type: ignore[arg-type]
+    log.info("%s on %s, %d tasks, device %s", settings.method, spec.name, len(datasets), runtime.describe())
+    run_name = f"{spec.name}_{len(datasets)}tasks_{settings.method_full_name}"
+    tracker = Tracker(settings.wandb, config, run_name)
+
+    try:
+        # Checkpoints are opened once, memory-mapped; θ0 serves the encoder, the heads and the merge.
+        theta0 = open_state_dict(zeroshot_path)
+        encoder, preprocess = build_image_encoder(spec, theta0, zeroshot_path)
+        prep = split_preprocess(preprocess)
+        data = build_eval_data(spec, datasets, prep.pil, data_location=settings.data_location,
+                               model_location=settings.model_location, batch_size=settings.batch_size,
+                               num_workers=settings.num_workers, eval_cache=settings.eval_cache,
+                               cache_dir=settings.cache_dir, runtime=runtime, shared_weights=theta0, progress=progress)
+        evaluator = Evaluator(encoder, runtime, prep.normalize, progress)
+        weights = InPlaceWeights(evaluator.encoder)  # after the move to the device: these are the live tensors
+        timing["setup_s"] = time.perf_counter() - started
+
+        tick = time.perf_counter()
+        tasks = None
+        if not method.uses_finetuned:
+            result = None
+        else:
+            finetuned = [open_state_dict(p) for p in finetuned_paths]
+            rules = rules_for(theta0, svd_keys=settings.svd_keys, average_keys=settings.average_keys)
+            try:
+                check_rules_match(rules, {key: theta0.shape(key) for key in theta0},
+                                  ("method.svd_keys", "method.average_keys"))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            tasks = TaskVectors(theta0, finetuned, names=datasets, device=runtime.device, rules=rules)
+            result = merge(method.for_benchmark(spec.name, len(datasets)), tasks, progress=progress)
+        timing["merge_s"] = time.perf_counter() - tick
+
+        extra: dict[str, Any] = {}
+        tick = time.perf_counter()
+        if result is not None and method.task_specific:
+            outcome = _task_specific(settings, method, result, tasks, data, evaluator, weights, ft_acc, tracker,
+                                     mask_file, extra)
+        else:
+            outcome = _shared_vector(settings, method, result, data, evaluator, weights, ft_acc, tracker, extra)
+        alpha, alphas, val_sections, val_best, test, choices = outcome
+        timing["evaluation_s"] = time.perf_counter() - tick
+        timing["total_s"] = time.perf_counter() - started
+
+        payload = ResultFile(
+            model=spec.name,
+            method=settings.method,
+            method_full_name=settings.method_full_name,
+            method_params=params,
+            entry_rules={"svd_keys": settings.svd_keys, "average_keys": settings.average_keys},
+            datasets=datasets,
+            alpha=alpha,
+            alpha_grid=alphas,
+            task_choices=choices,
+            selection=("per task: best validation top-1 over the mask choices" if choices is not None
+                       else "alpha maximizing val avg_normalized_top1 (first maximum)"),
+            test=test,
+            val=val_sections,
+            val_best=val_best,
+            **extra,
+            ft_accuracies_file=str(settings.ft_accuracies),
+            merge_stats={} if result is None else result.stats,
+            runtime={"device": runtime.describe(), **timing},
+            created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            tsvmerge_version=__version__,
+            config=dict(config or {}),
+        ).to_json()
+        write_json(path, payload)
+        copies = []
+        if run_dir is not None and Path(run_dir).resolve() != path.parent.resolve():
+            copies.append(write_json(Path(run_dir) / path.name, payload))
+        log_merge_result(tracker, payload, str(path))
+    finally:
+        tracker.finish()
+    table = format_table(test, datasets, val_best, choices,
+                         title=f"{spec.name} | {settings.method_full_name} | {len(datasets)} tasks | α={alpha:g}")
+    return MergeEvalOutcome(payload, path, copies, table)
+
+
+def _evaluate_all(evaluator: Evaluator, data: EvalData, datasets: list[str], split: str,
+                  label: str) -> dict[str, float]:
+    splits = data.val if split == "val" else data.test
+    return {splits[d].name: evaluator.top1(data.heads[d], splits[d], f"{splits[d].name} {label}") for d in datasets}
+
+
+def _shared_vector(settings, method, result, data, evaluator, weights, ft_acc, tracker, extra):
+    """One τMT for every task: α grid on validation (early stopping when the method declares it), test at the
+    best α."""
+    datasets = settings.datasets
+    if result is None:  # zeroshot: θ0 itself
+        alphas, tau = [float(method.default_alpha)], {}
+    else:
+        alphas = alpha_grid(method, settings.n_eval_points, settings.specify_lambda)
+        tau = {k: v.to(evaluator.runtime.device) for k, v in (result.task_vector or {}).items()}
+    stopping = EarlyStopping(method.alpha_sweep_patience() if len(alphas) > 1 else None)
+    val_sections: dict[str, dict[str, float]] = {}
+    for step, alpha in enumerate(tqdm(alphas, desc="α sweep (val)", disable=not settings.progress, unit="α")):
+        weights.set(tau, alpha)
+        accs = _evaluate_all(evaluator, data, datasets, "val", f"α={alpha:g}")
+        section = metrics_section(accs, ft_acc)
+        val_sections[alpha_label(alpha)] = section
+        tracker.log({"alpha": alpha, **{f"val/{k}": v for k, v in section.items()}}, step=step)
+        log.info("val α=%g: avg top1 %.4f, avg normalized %.4f", alpha, section["avg_top1"],
+                 section["avg_normalized_top1"])
+        if stopping.update(section["avg_top1"]):
+            log.info("α sweep stopped after α=%g: %d values without a better validation mean top-1", alpha,
+                     stopping.patience)
+            break
+    if stopping.patience is not None:
+        extra["alpha_early_stopping"] = {"patience": stopping.patience, "stopped_at": alphas[len(val_sections) - 1]
+                                         if len(val_sections) < len(alphas) else None}
+    alphas = alphas[:len(val_sections)]
+    best = first_best([s["avg_normalized_top1"] for s in val_sections.values()])
+    alpha = alphas[best]
+    for split in data.val.values():
+        split.release()
+    weights.set(tau, alpha)
+    test = metrics_section(_evaluate_all(evaluator, data, datasets, "test", f"test α={alpha:g}"), ft_acc)
+    val_best = dict(val_sections[alpha_label(alpha)])
+    return alpha, alphas, val_sections, val_best, test, None
+
+
+def _task_specific(settings, method, result, tasks, data, evaluator, weights, ft_acc, tracker, mask_file, extra):
+    """Each task with its own vector (TSV-C, TALL / magnitude masks): per-task choice of λ on validation."""
+    datasets = settings.datasets
+    alpha = float(method.default_alpha)
+    labels = list(result.mask_labels) or [alpha]
+    keys = [alpha_label(x) if isinstance(x, float | int) else str(x) for x in labels]
+    per_choice: dict[str, dict[str, float]] = {key: {} for key in keys}
+    chosen: list[int] = []
+    bar = tqdm(list(enumerate(datasets)), desc="tasks (val)", disable=not settings.progress, unit="task")
+    for t, d in bar:
+        scores = []
+        for c, key in enumerate(keys):
+            weights.set(result.task_specific_vector(t, c), alpha)
+            acc = evaluator.top1(data.heads[d], data.val[d], f"{d}Val {key}")
+            per_choice[key][f"{d}Val"] = acc
+            scores.append(acc)
+        chosen.append(first_best(scores))
+        data.val[d].release()
+        tracker.log({f"val/{d}Val:{key}": per_choice[key][f"{d}Val"] for key in keys})
+    val_sections = {key: metrics_section(accs, ft_acc) for key, accs in per_choice.items()}
+    val_best = metrics_section({f"{d}Val": per_choice[keys[c]][f"{d}Val"] for d, c in zip(datasets, chosen)},
+                               ft_acc)
+    choices = {d: labels[c] for d, c in zip(datasets, chosen)}
+    files = method.mask_files()
+    if files is not None and files.writes:
+        path = mask_file_path(settings, files)
+        save_tall_masks(path, flat_task_masks(result, tasks, chosen), built_with=files.built_with)
+        log.info("saved the chosen TALL masks to %s", path)
+        extra["tall_mask_file"] = str(path)
+        extra["tall_mask_saved"] = True
+    elif files is not None:
+        extra["tall_mask_file"] = str(mask_file)
+        extra["tall_mask_saved"] = False
+    test_accs = {}
+    for t, d in enumerate(tqdm(datasets, desc="tasks (test)", disable=not settings.progress, unit="task")):
+        weights.set(result.task_specific_vector(t, chosen[t]), alpha)
+        test_accs[d] = evaluator.top1(data.heads[d], data.test[d], f"{d} {keys[chosen[t]]}")
+    weights.reset()
+    test = metrics_section(test_accs, ft_acc)
+    return alpha, [alpha], val_sections, val_best, test, choices
+
+
+def check_run_config(cfg: Any) -> RunSettings:
+    """Everything main.py checks before Hydra starts a job: the configuration, and that the result folder can be
+    written (so that a run never fails after the merge)."""
+    settings = settings_from_config(cfg)
+    folder = settings.results_dir / settings.save_subfolder
+    problem = output_folder_problem(folder)
+    if problem:
+        raise ConfigError(f"results_dir={str(settings.results_dir)!r}: {problem}; choose a writable results_dir")
+    return settings
+
+
+def run_from_hydra(cfg: Any) -> float:
+    """Body of ``main.py`` under Hydra: validate, run, print the table; user errors exit with status 2 and one
+    message (raised as SystemExit, which Hydra passes through)."""
+    import sys
+
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        settings = check_run_config(cfg)
+        run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+        outcome = run(settings, run_dir, to_container(cfg))
+    except UserError as exc:
+        print(f"main.py: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(outcome.table)
+    print(f"results: {outcome.path}" + "".join(f"\n  copy: {p}" for p in outcome.copies))
+    return float(outcome.payload["test"]["avg_normalized_top1"])
