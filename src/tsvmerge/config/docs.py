@@ -16,6 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from ..utils.files import replace_between_markers
 from . import schema
 
 __all__ = ["END", "START", "config_reference", "schema_table", "update_file"]
@@ -94,15 +95,7 @@ def config_reference() -> str:
 
 def update_file(path: Path) -> bool:
     """Rewrite the tables between the markers of ``path``; True when the file changed."""
-    text = path.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{path} has no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n{config_reference()}\n{END}{tail}"
-    if new != text:
-        path.write_text(new)
-    return new != text
+    return replace_between_markers(path, START, END, config_reference())
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import FunctionType, ModuleType
 from typing import Any
 
+from ..utils.files import replace_between_markers
 from . import methods as _methods  # noqa: F401  (registers the built-in methods)
 from .registry import MergeMethod, method_class, methods_where
 
@@ -234,15 +235,7 @@ def method_table_markdown(repo_root: Path) -> str:
 
 def update_file(path: Path, repo_root: Path) -> bool:
     """Rewrite the table between the markers of ``path``; True when the file changed."""
-    text = path.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        raise ValueError(f"{path} has no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n{method_table_markdown(repo_root)}\n{END}{tail}"
-    if new != text:
-        path.write_text(new, encoding="utf-8")
-    return new != text
+    return replace_between_markers(path, START, END, method_table_markdown(repo_root))
 
 
 def _repo_root() -> Path:

@@ -24,7 +24,7 @@ import datetime as _dt
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from ..evaluation.results import ResultFile, format_table
 from ..evaluation.run_inputs import mask_file_path, preflight, settings_result_path
 from ..evaluation.run_settings import RunSettings, settings_from_config
 from ..evaluation.tracking import Tracker, log_merge_result
-from ..merging import TaskVectors, build_method, flat_task_masks, merge
+from ..merging import MergeMethod, MergeResult, TaskVectors, build_method, flat_task_masks, merge
 from ..merging.entry_rules import check_rules_match, rules_for
 from ..models.encoder import build_image_encoder
 from ..models.preprocess import split_preprocess
@@ -113,14 +113,17 @@ def run(settings: RunSettings, run_dir: Path | None = None,
             result = merge(method.for_benchmark(spec.name, len(datasets)), tasks, progress=progress)
         timing["merge_s"] = time.perf_counter() - tick
 
-        extra: dict[str, Any] = {}
         tick = time.perf_counter()
+        bench = EvalBench(evaluator, weights, data, datasets, ft_acc, tracker, progress)
         if result is not None and method.task_specific:
-            outcome = _task_specific(settings, method, result, tasks, data, evaluator, weights, ft_acc, tracker,
-                                     mask_file, extra)
+            choice = _choose_per_task(bench, method, result)
+            masks = _mask_file_record(settings, method, result, tasks, choice.chosen, mask_file)
+            selection = _test_per_task(bench, result, choice, float(method.default_alpha), masks)
         else:
-            outcome = _shared_vector(settings, method, result, data, evaluator, weights, ft_acc, tracker, extra)
-        alpha, alphas, val_sections, val_best, test, choices = outcome
+            alphas = ([float(method.default_alpha)] if result is None
+                      else alpha_grid(method, settings.n_eval_points, settings.specify_lambda))
+            selection = _select_alpha(bench, method, result, alphas)
+        alpha = selection.alpha
         timing["evaluation_s"] = time.perf_counter() - tick
         timing["total_s"] = time.perf_counter() - started
 
@@ -132,14 +135,14 @@ def run(settings: RunSettings, run_dir: Path | None = None,
             entry_rules={"svd_keys": settings.svd_keys, "average_keys": settings.average_keys},
             datasets=datasets,
             alpha=alpha,
-            alpha_grid=alphas,
-            task_choices=choices,
-            selection=("per task: best validation top-1 over the mask choices" if choices is not None
+            alpha_grid=selection.alpha_grid,
+            task_choices=selection.task_choices,
+            selection=("per task: best validation top-1 over the mask choices" if selection.task_choices is not None
                        else "alpha maximizing val avg_normalized_top1 (first maximum)"),
-            test=test,
-            val=val_sections,
-            val_best=val_best,
-            **extra,
+            test=selection.test,
+            val=selection.val,
+            val_best=selection.val_best,
+            **selection.extra,
             ft_accuracies_file=str(settings.ft_accuracies),
             merge_stats={} if result is None else result.stats,
             runtime={"device": runtime.describe(), **timing},
@@ -154,95 +157,145 @@ def run(settings: RunSettings, run_dir: Path | None = None,
         log_merge_result(tracker, payload, str(path))
     finally:
         tracker.finish()
-    table = format_table(test, datasets, val_best, choices,
+    table = format_table(selection.test, datasets, selection.val_best, selection.task_choices,
                          title=f"{spec.name} | {settings.method_full_name} | {len(datasets)} tasks | α={alpha:g}")
     return MergeEvalOutcome(payload, path, copies, table)
 
 
-def _evaluate_all(evaluator: Evaluator, data: EvalData, datasets: list[str], split: str,
-                  label: str) -> dict[str, float]:
-    splits = data.val if split == "val" else data.test
-    return {splits[d].name: evaluator.top1(data.heads[d], splits[d], f"{splits[d].name} {label}") for d in datasets}
+# ------------------------------------------------------------------------------- what the validation selects
+
+@dataclass
+class EvalBench:
+    """What the merged model is evaluated with: the encoder whose weights are rewritten in place, each task's
+    splits and head, the single-task accuracies that normalized accuracy divides by, and the run's tracker."""
+
+    evaluator: Evaluator
+    weights: InPlaceWeights
+    data: EvalData
+    datasets: list[str]
+    ft_accuracies: dict[str, float]
+    tracker: Tracker
+    progress: bool
+
+    def top1_all(self, split: str, label: str) -> dict[str, float]:
+        """Top-1 of the current weights on every task's ``split`` (``val`` or ``test``)."""
+        splits = self.data.val if split == "val" else self.data.test
+        return {splits[d].name: self.evaluator.top1(self.data.heads[d], splits[d], f"{splits[d].name} {label}")
+                for d in self.datasets}
 
 
-def _shared_vector(settings, method, result, data, evaluator, weights, ft_acc, tracker, extra):
-    """One τMT for every task: α grid on validation (early stopping when the method declares it), test at the
-    best α."""
-    datasets = settings.datasets
-    if result is None:  # zeroshot: θ0 itself
-        alphas, tau = [float(method.default_alpha)], {}
-    else:
-        alphas = alpha_grid(method, settings.n_eval_points, settings.specify_lambda)
-        tau = {k: v.to(evaluator.runtime.device) for k, v in (result.task_vector or {}).items()}
+@dataclass
+class Selection:
+    """What the validation splits chose (one α, or one mask choice per task), and the metrics at that choice.
+    ``extra``: the result-file keys of the selection's own (early stopping, the TALL-mask file)."""
+
+    alpha: float
+    alpha_grid: list[float]
+    val: dict[str, dict[str, float]]
+    val_best: dict[str, float]
+    test: dict[str, float]
+    task_choices: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PerTaskChoice:
+    """Each task's choice among the method's masks (index into ``labels``), from its own validation split."""
+
+    labels: list[Any]
+    keys: list[str]
+    chosen: list[int]
+    val: dict[str, dict[str, float]]
+    val_best: dict[str, float]
+
+
+def _select_alpha(bench: EvalBench, method: MergeMethod, result: MergeResult | None,
+                  alphas: list[float]) -> Selection:
+    """One τMT for every task: the α grid on validation (early stopping when the method declares it), test at the
+    best α. ``result`` None: the zero-shot model θ0 itself."""
+    tau = {} if result is None else {k: v.to(bench.evaluator.runtime.device)
+                                     for k, v in (result.task_vector or {}).items()}
     stopping = EarlyStopping(method.alpha_sweep_patience() if len(alphas) > 1 else None)
     val_sections: dict[str, dict[str, float]] = {}
-    for step, alpha in enumerate(tqdm(alphas, desc="α sweep (val)", disable=not settings.progress, unit="α")):
-        weights.set(tau, alpha)
-        accs = _evaluate_all(evaluator, data, datasets, "val", f"α={alpha:g}")
-        section = metrics_section(accs, ft_acc)
+    for step, alpha in enumerate(tqdm(alphas, desc="α sweep (val)", disable=not bench.progress, unit="α")):
+        bench.weights.set(tau, alpha)
+        section = metrics_section(bench.top1_all("val", f"α={alpha:g}"), bench.ft_accuracies)
         val_sections[alpha_label(alpha)] = section
-        tracker.log({"alpha": alpha, **{f"val/{k}": v for k, v in section.items()}}, step=step)
+        bench.tracker.log({"alpha": alpha, **{f"val/{k}": v for k, v in section.items()}}, step=step)
         log.info("val α=%g: avg top1 %.4f, avg normalized %.4f", alpha, section["avg_top1"],
                  section["avg_normalized_top1"])
         if stopping.update(section["avg_top1"]):
             log.info("α sweep stopped after α=%g: %d values without a better validation mean top-1", alpha,
                      stopping.patience)
             break
+    extra: dict[str, Any] = {}
     if stopping.patience is not None:
         extra["alpha_early_stopping"] = {"patience": stopping.patience, "stopped_at": alphas[len(val_sections) - 1]
                                          if len(val_sections) < len(alphas) else None}
     alphas = alphas[:len(val_sections)]
-    best = first_best([s["avg_normalized_top1"] for s in val_sections.values()])
-    alpha = alphas[best]
-    for split in data.val.values():
+    alpha = alphas[first_best([s["avg_normalized_top1"] for s in val_sections.values()])]
+    for split in bench.data.val.values():
         split.release()
-    weights.set(tau, alpha)
-    test = metrics_section(_evaluate_all(evaluator, data, datasets, "test", f"test α={alpha:g}"), ft_acc)
-    val_best = dict(val_sections[alpha_label(alpha)])
-    return alpha, alphas, val_sections, val_best, test, None
+    bench.weights.set(tau, alpha)
+    test = metrics_section(bench.top1_all("test", f"test α={alpha:g}"), bench.ft_accuracies)
+    return Selection(alpha, alphas, val_sections, dict(val_sections[alpha_label(alpha)]), test, None, extra)
 
 
-def _task_specific(settings, method, result, tasks, data, evaluator, weights, ft_acc, tracker, mask_file, extra):
-    """Each task with its own vector (TSV-C, TALL / magnitude masks): per-task choice of λ on validation."""
-    datasets = settings.datasets
+def _choose_per_task(bench: EvalBench, method: MergeMethod, result: MergeResult) -> PerTaskChoice:
+    """Each task with its own vector (TSV-C, TALL / magnitude masks): the mask choice λ with the best top-1 on the
+    task's own validation split."""
     alpha = float(method.default_alpha)
     labels = list(result.mask_labels) or [alpha]
     keys = [alpha_label(x) if isinstance(x, float | int) else str(x) for x in labels]
     per_choice: dict[str, dict[str, float]] = {key: {} for key in keys}
     chosen: list[int] = []
-    bar = tqdm(list(enumerate(datasets)), desc="tasks (val)", disable=not settings.progress, unit="task")
+    bar = tqdm(list(enumerate(bench.datasets)), desc="tasks (val)", disable=not bench.progress, unit="task")
     for t, d in bar:
         scores = []
         for c, key in enumerate(keys):
-            weights.set(result.task_specific_vector(t, c), alpha)
-            acc = evaluator.top1(data.heads[d], data.val[d], f"{d}Val {key}")
+            bench.weights.set(result.task_specific_vector(t, c), alpha)
+            acc = bench.evaluator.top1(bench.data.heads[d], bench.data.val[d], f"{d}Val {key}")
             per_choice[key][f"{d}Val"] = acc
             scores.append(acc)
         chosen.append(first_best(scores))
-        data.val[d].release()
-        tracker.log({f"val/{d}Val:{key}": per_choice[key][f"{d}Val"] for key in keys})
-    val_sections = {key: metrics_section(accs, ft_acc) for key, accs in per_choice.items()}
-    val_best = metrics_section({f"{d}Val": per_choice[keys[c]][f"{d}Val"] for d, c in zip(datasets, chosen)},
-                               ft_acc)
-    choices = {d: labels[c] for d, c in zip(datasets, chosen)}
+        bench.data.val[d].release()
+        bench.tracker.log({f"val/{d}Val:{key}": per_choice[key][f"{d}Val"] for key in keys})
+    val_sections = {key: metrics_section(accs, bench.ft_accuracies) for key, accs in per_choice.items()}
+    val_best = metrics_section({f"{d}Val": per_choice[keys[c]][f"{d}Val"] for d, c in zip(bench.datasets, chosen)},
+                               bench.ft_accuracies)
+    return PerTaskChoice(labels, keys, chosen, val_sections, val_best)
+
+
+def _mask_file_record(settings: RunSettings, method: MergeMethod, result: MergeResult, tasks: TaskVectors | None,
+                      chosen: list[int], mask_file: Path | None) -> dict[str, Any]:
+    """The TALL-mask file of a method that uses one: the chosen masks saved (methods that build them) or the file
+    read; its result-file keys."""
     files = method.mask_files()
     if files is not None and files.writes:
         path = mask_file_path(settings, files)
         save_tall_masks(path, flat_task_masks(result, tasks, chosen), built_with=files.built_with)
         log.info("saved the chosen TALL masks to %s", path)
-        extra["tall_mask_file"] = str(path)
-        extra["tall_mask_saved"] = True
-    elif files is not None:
-        extra["tall_mask_file"] = str(mask_file)
-        extra["tall_mask_saved"] = False
-    test_accs = {}
-    for t, d in enumerate(tqdm(datasets, desc="tasks (test)", disable=not settings.progress, unit="task")):
-        weights.set(result.task_specific_vector(t, chosen[t]), alpha)
-        test_accs[d] = evaluator.top1(data.heads[d], data.test[d], f"{d} {keys[chosen[t]]}")
-    weights.reset()
-    test = metrics_section(test_accs, ft_acc)
-    return alpha, [alpha], val_sections, val_best, test, choices
+        return {"tall_mask_file": str(path), "tall_mask_saved": True}
+    if files is not None:
+        return {"tall_mask_file": str(mask_file), "tall_mask_saved": False}
+    return {}
 
+
+def _test_per_task(bench: EvalBench, result: MergeResult, choice: PerTaskChoice, alpha: float,
+                   extra: dict[str, Any]) -> Selection:
+    """Each task's test split with its own vector at its chosen mask."""
+    test_accs = {}
+    for t, d in enumerate(tqdm(bench.datasets, desc="tasks (test)", disable=not bench.progress, unit="task")):
+        bench.weights.set(result.task_specific_vector(t, choice.chosen[t]), alpha)
+        test_accs[d] = bench.evaluator.top1(bench.data.heads[d], bench.data.test[d],
+                                            f"{d} {choice.keys[choice.chosen[t]]}")
+    bench.weights.reset()
+    choices = {d: choice.labels[c] for d, c in zip(bench.datasets, choice.chosen)}
+    return Selection(alpha, [alpha], choice.val, choice.val_best, metrics_section(test_accs, bench.ft_accuracies),
+                     choices, extra)
+
+
+# ------------------------------------------------------------------------------------------------ command line
 
 def check_run_config(cfg: Any) -> RunSettings:
     """Everything main.py checks before Hydra starts a job: the configuration, and that the result folder can be

@@ -30,6 +30,7 @@ __all__ = [
     "same_file",
     "temporary_sibling",
     "write_json",
+    "replace_between_markers",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -184,3 +185,17 @@ def check_output_path(path: PathLike, *, label: str = "output", inputs: Sequence
     if folder and dest.is_dir():
         _probe_writable(dest, label, dest)
     return dest
+
+
+def replace_between_markers(path: Path, start: str, end: str, block: str) -> bool:
+    """Rewrite the text between the ``start`` and ``end`` marker lines of ``path`` with ``block`` (the generated
+    tables of the README and docs); True when the file changed."""
+    text = path.read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        raise ValueError(f"{path} has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{start}\n{block}\n{end}{tail}"
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    return new != text

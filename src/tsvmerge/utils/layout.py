@@ -8,7 +8,7 @@ own docstring, so that the map of the code cannot drift from the code:
     python -m tsvmerge.utils.layout               # print the section
     python -m tsvmerge.utils.layout README.md     # rewrite it in place, between the markers
 
-Docstrings are read with :mod:`ast`; nothing of tsvmerge is imported.
+Docstrings are read with :mod:`ast`: no package of tsvmerge is imported.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import re
 import sys
 import textwrap
 from pathlib import Path
+
+from .files import replace_between_markers
 
 __all__ = ["END", "LAYERS", "START", "layout_block", "update_file"]
 
@@ -89,15 +91,7 @@ def layout_block(package: Path = PACKAGE) -> str:
 
 def update_file(path: Path, package: Path = PACKAGE) -> bool:
     """Replace the text between :data:`START` and :data:`END` in ``path``; True when it changed."""
-    text = path.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{path} has no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n{layout_block(package)}\n{END}{tail}"
-    if new != text:
-        path.write_text(new)
-    return new != text
+    return replace_between_markers(path, START, END, layout_block(package))
 
 
 if __name__ == "__main__":
