@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.data.fixtures import make_dataset_fixture
-from tests.download.hub_cache import make_hub_cache
+from tests.support.data_fixtures import make_dataset_fixture
+from tests.support.hub_cache import make_hub_cache
 from tsvmerge.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.evaluation.conftest import run_script
-from tests.evaluation.world import World, make_world
+from tests.support.entry_points import run_script
+from tests.support.world import World, make_world
 
 REPO = Path(__file__).resolve().parents[2]
 ANALYZE = REPO / "analyze.py"

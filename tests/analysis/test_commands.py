@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from tests.analysis.conftest import analyze_args, run_analyze
-from tests.evaluation.conftest import load, run_main
-from tests.evaluation.world import MODEL, World
+from tests.support.entry_points import load, run_main
+from tests.support.world import MODEL, World
 from tsvmerge.checkpoints import finetuned_checkpoint_path, head_path, open_state_dict, zeroshot_checkpoint_path
 from tsvmerge.data import get_dataset
 from tsvmerge.merging.interference import layer_interference

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tests.merging.checkpoints import deltas, make_checkpoints
+from tests.support.checkpoints import deltas, make_checkpoints
 from tsvmerge.analysis.interference import (
     block_overlap,
     decompose_layer,

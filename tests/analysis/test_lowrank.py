@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tests.merging.checkpoints import make_checkpoints
+from tests.support.checkpoints import make_checkpoints
 from tsvmerge.analysis.interference import decompose_layer
 from tsvmerge.analysis.procrustes import procrustes_table
 from tsvmerge.analysis.spectra import energy_curve, layer_spectra, rank_for_energy

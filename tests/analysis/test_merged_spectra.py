@@ -17,8 +17,8 @@ import torch
 
 from tests.analysis.conftest import analyze_args, run_analyze
 from tests.analysis.test_commands import TAG, _assert_figure, _checkpoints, _csv, _out
-from tests.evaluation.conftest import load
-from tests.evaluation.world import World
+from tests.support.entry_points import load
+from tests.support.world import World
 from tsvmerge.analysis.merged_spectra import effective_rank, spectrum_summary
 from tsvmerge.analysis.spectra import rank_for_energy
 from tsvmerge.merging import EntryMerge, MergeMethod, TaskEntry, register, unregister

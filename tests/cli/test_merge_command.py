@@ -9,11 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.support import spec_reference as ref
+from tests.support.checkpoints import deltas, flat, make_checkpoints
 from tsvmerge.checkpoints.tall_mask_files import load_tall_masks
 from tsvmerge.cli import main
-
-from ..merging import reference as ref
-from ..merging.checkpoints import deltas, flat, make_checkpoints
 
 IN_PROJ = "model.visual.transformer.resblocks.0.attn.in_proj_weight"
 
@@ -73,7 +72,7 @@ def test_set_passes_method_parameters(files):
 
 
 def test_iso_cts_merges_published_layout_checkpoints(files, capsys):
-    from ..merging import reference_beyond as ref_beyond
+    from tests.support import spec_beyond_reference as ref_beyond
 
     tmp, pre, fts, paths = files
     out = tmp / "iso_cts.pt"

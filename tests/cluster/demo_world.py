@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from tests.evaluation.world import perturbed_image_encoder
+from tests.support.world import perturbed_image_encoder
 from tsvmerge.checkpoints import finetuned_checkpoint_path, head_path, zeroshot_checkpoint_path
 from tsvmerge.checkpoints.state_dict import save_state_dict
 from tsvmerge.data import SYNTHETIC_TASKS, class_synonyms, templates

@@ -101,7 +101,7 @@ def test_slurm_launcher_config_reaches_sbatch(demo_world: DemoWorld, tmp_path: P
                                              monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
     """``hydra/launcher=slurm`` with documented overrides: the sbatch script submitit writes requests them (a fake
     ``sbatch`` keeps the script and refuses the submission, so nothing runs)."""
-    from tests.evaluation.conftest import run_main
+    from tests.support.entry_points import run_main
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

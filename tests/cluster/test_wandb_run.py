@@ -10,7 +10,7 @@ import pytest
 
 from tests.cluster.demo_world import MODEL, DemoWorld
 from tests.cluster.wandb_records import read_offline_run
-from tests.evaluation.conftest import run_main
+from tests.support.entry_points import run_main
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from torchvision import transforms as T
 
-from tests.data.fixtures import FixtureInfo, make_all_fixtures, patch_torchvision_integrity
+from tests.support.data_fixtures import FixtureInfo, make_all_fixtures, patch_torchvision_integrity
 
 
 @pytest.fixture(scope="session")

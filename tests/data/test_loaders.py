@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import RandomSampler, SequentialSampler, Subset, random_split
 
-from tests.data.fixtures import FixtureInfo, make_dataset_fixture
+from tests.support.data_fixtures import FixtureInfo, make_dataset_fixture
 from tsvmerge.data import BENCHMARK_DATASETS, REGISTRY, DatasetNotFoundError, get_dataset
 
 OWN_VAL = {"EuroSAT", "RESISC45"}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.download.hub_cache import COMMIT, REPO_FOLDER, blob_of, hub_files, make_hub_cache
+from tests.support.hub_cache import COMMIT, REPO_FOLDER, blob_of, hub_files, make_hub_cache
 from tsvmerge.checkpoints import find_zeroshot_checkpoint, finetuned_checkpoint_path, head_path, tall_mask_paths
 from tsvmerge.checkpoints.state_dict import open_state_dict
 from tsvmerge.checkpoints.tall_mask_files import load_tall_masks

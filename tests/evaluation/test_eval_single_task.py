@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.evaluation.conftest import run_eval_single_task
-from tests.evaluation.world import MODEL, World
+from tests.support.world import MODEL, World
 from tsvmerge.evaluation.metrics import load_ft_accuracies
 
 

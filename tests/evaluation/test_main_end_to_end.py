@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.evaluation.conftest import load, run_main
-from tests.evaluation.world import MODEL, World
+from tests.support.entry_points import load, run_main
+from tests.support.world import MODEL, World
 from tsvmerge.checkpoints import head_path, load_tall_masks, open_state_dict, tall_mask_paths, zeroshot_checkpoint_path
 from tsvmerge.checkpoints.tall_mask_files import read_mask_record
 from tsvmerge.data import get_dataset

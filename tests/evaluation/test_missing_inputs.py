@@ -12,8 +12,8 @@ import pytest
 
 import tsvmerge.models.encoder as encoder_module
 import tsvmerge.models.zeroshot_heads as heads_module
-from tests.evaluation.conftest import MAIN, REPO, run_main
-from tests.evaluation.world import MODEL, World
+from tests.support.entry_points import MAIN, REPO, run_main
+from tests.support.world import MODEL, World
 from tsvmerge.checkpoints import finetuned_checkpoint_path, zeroshot_checkpoint_path
 from tsvmerge.data import BENCHMARK_DATASETS
 

@@ -14,8 +14,8 @@ from typing import ClassVar
 
 import pytest
 
-from tests.evaluation.conftest import load, run_main
-from tests.evaluation.world import MODEL, World
+from tests.support.entry_points import load, run_main
+from tests.support.world import MODEL, World
 from tsvmerge.merging import EntryMerge, MergeMethod, TaskEntry, register, unregister
 
 

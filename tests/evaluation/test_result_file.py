@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.evaluation.conftest import run_main
-from tests.evaluation.world import World
+from tests.support.entry_points import run_main
+from tests.support.world import World
 from tsvmerge.analysis.result_files import read_result
 from tsvmerge.evaluation.results import RESULT_SCHEMA, ResultFile, ResultFileError, is_result_file
 from tsvmerge.utils.errors import UserError

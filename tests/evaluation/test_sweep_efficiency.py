@@ -12,8 +12,8 @@ import torch
 import tsvmerge.evaluation.eval_data as eval_data
 import tsvmerge.recipes.merge_and_evaluate as merge_and_evaluate
 import tsvmerge.models.encoder as encoder_module
-from tests.evaluation.conftest import load, run_main
-from tests.evaluation.world import World
+from tests.support.entry_points import load, run_main
+from tests.support.world import World
 from tsvmerge.evaluation.alpha_search import InPlaceWeights
 from tsvmerge.evaluation.evaluate import EvalSplit
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.evaluation.conftest import run_main
-from tests.evaluation.world import MODEL, World
+from tests.support.entry_points import run_main
+from tests.support.world import MODEL, World
 from tsvmerge.checkpoints import tall_mask_paths
 from tsvmerge.checkpoints.tall_mask_files import check_mask_file, load_tall_masks, read_mask_record, save_tall_masks
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tests.evaluation.world import ARCH, OPEN_CLIP_CONFIG
+from tests.support.world import ARCH, OPEN_CLIP_CONFIG
 from tsvmerge.evaluation.alpha_search import InPlaceWeights, alpha_grid, alpha_label
 from tsvmerge.evaluation.evaluate import EvalSplit, Evaluator, Runtime
 from tsvmerge.evaluation.metrics import AccuracyFileError, first_best, load_ft_accuracies, metrics_section

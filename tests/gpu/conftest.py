@@ -1,12 +1,13 @@
 """Tests of the GPU paths. Those marked ``gpu`` need CUDA and are skipped without it (``make gpu-check`` runs them);
-the others check, on CPU, how the library drives ``torch.cuda`` (through :mod:`tests.gpu.fake_cuda`)."""
+the others check, on CPU, how the library drives ``torch.cuda`` (through :mod:`tests.support.fake_cuda`)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.gpu.fake_cuda import FakeCuda
-from tests.training.conftest import ft_world  # noqa: F401  (the tiny fine-tuning world, for finetune.py on GPUs)
+from tests.support.fake_cuda import FakeCuda
+from tests.support.finetuning import DATASETS
+from tests.support.world import World, make_world
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -16,3 +17,9 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
     return FakeCuda().install(monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def ft_world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """The tiny fine-tuning world (as in tests/training), for finetune.py on GPUs."""
+    return make_world(tmp_path_factory.mktemp("ft_world"), DATASETS)

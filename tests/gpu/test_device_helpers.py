@@ -1,5 +1,5 @@
 """How the library drives ``torch.cuda`` (current device, initialization, statistics, precision), checked on CPU
-against :class:`tests.gpu.fake_cuda.FakeCuda`."""
+against :class:`tests.support.fake_cuda.FakeCuda`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from tests.gpu.fake_cuda import FakeCuda
+from tests.support.fake_cuda import FakeCuda
 from tsvmerge.evaluation.evaluate import Runtime
 from tsvmerge.utils.device import activate_device, autocast_precision, device_scope
 from tsvmerge.utils.memory import MemoryMonitor

@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from tests.evaluation.world import MODEL, World
 from tests.gpu.common import gpu, two_gpus
 from tests.gpu.tiny_model import EMBED_DIM, tiny_encoder, uint8_images
-from tests.training.conftest import finetune_args, run_finetune
+from tests.support.finetuning import finetune_args, run_finetune
+from tests.support.world import MODEL, World
 from tsvmerge.models.finetuning_protocol import Hyperparameters
 from tsvmerge.training.distributed import DistContext, Launch, launch_local, process_group
 from tsvmerge.training.loop import (

@@ -5,10 +5,9 @@ import shutil
 import pytest
 import torch
 
+from tests.support.hf_models import make_folders
 from tsvmerge.checkpoints.sources import HubModelError, parse_hub_id, resolve_source
 from tsvmerge.cli import main
-
-from .models import make_folders
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -6,11 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.support.hf_models import finetune, load, make_folders, save, tiny_llama
 from tsvmerge.checkpoints.hf_folder import HFModelFolder
 from tsvmerge.cli import main
 from tsvmerge.merging import TaskVectors, apply_task_vector, merge
-
-from .models import finetune, load, make_folders, save, tiny_llama
 
 
 def _run(*argv):

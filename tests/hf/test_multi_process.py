@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support.hf_models import make_folders
 from tsvmerge.checkpoints.hf_folder import HFModelFolder
 from tsvmerge.cli import main
-
-from .models import make_folders
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 

@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.support import spec_reference as ref
+from tests.support.checkpoints import deltas, flat, make_checkpoints
 from tsvmerge.checkpoints.state_dict import CheckpointMismatchError
 from tsvmerge.checkpoints.tall_mask_files import load_tall_masks, save_tall_masks
 from tsvmerge.merging import TaskVectors, apply_task_vector, available_methods, build_method, merge
-
-from . import reference as ref
-from .checkpoints import deltas, flat, make_checkpoints
 
 IN_PROJ = "model.visual.transformer.resblocks.0.attn.in_proj_weight"
 C_PROJ = "model.visual.transformer.resblocks.0.mlp.c_proj.weight"

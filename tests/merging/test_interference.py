@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from tests.support import spec_reference as ref
 from tsvmerge.merging.interference import (
     interference_per_block,
     layer_interference,
@@ -10,8 +11,6 @@ from tsvmerge.merging.interference import (
     transformer_block,
 )
 from tsvmerge.merging.tsv import TaskSingularVectors, task_singular_vectors
-
-from . import reference as ref
 
 
 def _orthogonal_tasks(overlap: float) -> torch.Tensor:

@@ -1,18 +1,17 @@
 """Iso-C, Iso-CTS, DC-Merge and CART (SPEC_BEYOND): properties of each method and golden checks of the streaming
-engine against the naive float64 definitions of ``reference_beyond``."""
+engine against the naive float64 definitions of ``tests.support.spec_beyond_reference``."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from tests.support import spec_beyond_reference as ref
+from tests.support.spec_reference import rank_k, relative_error
 from tsvmerge.merging import TaskVectors, build_method, merge
 from tsvmerge.merging.cart import cart_entry, is_low_rank_key, kept_components
 from tsvmerge.merging.dc_merge import dc_merge_matrix, kept_per_task
 from tsvmerge.merging.isotropic import iso_c_matrix, iso_cts_matrix, iso_cts_sizes
-
-from . import reference_beyond as ref
-from .reference import rank_k, relative_error
 
 PREFIX = "model.visual.transformer.resblocks.0."
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from tests.support import spec_reference as ref
 from tsvmerge.merging.svd import (
     RANDOMIZED_TOLERANCE,
     linalg_svd,
@@ -12,8 +13,6 @@ from tsvmerge.merging.svd import (
     truncated_svd,
 )
 from tsvmerge.merging.tsv import tsv_merge_matrix
-
-from . import reference as ref
 
 
 def _product(result):

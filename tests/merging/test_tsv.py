@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from tests.support import spec_reference as ref
 from tsvmerge.merging.svd import gram_polar_factor, polar_factor
 from tsvmerge.merging.tsv import (
     mean_of_tasks,
@@ -12,8 +13,6 @@ from tsvmerge.merging.tsv import (
     tsv_merge_matrix,
     uses_svd,
 )
-
-from . import reference as ref
 
 SHAPES = [(48, 32), (32, 48), (40, 40), (96, 24)]
 

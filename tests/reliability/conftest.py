@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.evaluation.world import World, make_world
-from tests.merging.checkpoints import make_checkpoints
 from tests.reliability.contract import Checkpoints
+from tests.support.checkpoints import make_checkpoints
+from tests.support.world import World, make_world
 
 
 @pytest.fixture()

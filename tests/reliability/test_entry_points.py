@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.evaluation.world import World
 from tests.reliability.contract import assert_rejected, snapshot
+from tests.support.world import World
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.data.fixtures import make_dataset_fixture
-from tests.evaluation.world import MODEL, World
 from tests.reliability.contract import assert_rejected, malicious_checkpoint, no_leftovers, snapshot
+from tests.support.data_fixtures import make_dataset_fixture
+from tests.support.world import MODEL, World
 from tsvmerge.checkpoints import finetuned_checkpoint_path, head_path
 
 REPO = Path(__file__).resolve().parents[2]

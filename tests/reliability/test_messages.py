@@ -250,7 +250,7 @@ def test_unreadable_state_dict_file(ckpts: Checkpoints, tmp_path: Path, capsys: 
 
 
 def test_unreadable_shard_of_model_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str], deny) -> None:
-    from tests.hf.models import make_folders
+    from tests.support.hf_models import make_folders
 
     pre, (ft,) = make_folders(tmp_path / "in", num_tasks=1)
     shards = sorted(set(json.loads((ft / "model.safetensors.index.json").read_text())["weight_map"].values()))
@@ -267,7 +267,7 @@ def test_unreadable_shard_of_model_folder(tmp_path: Path, capsys: pytest.Capture
 
 def test_unreadable_index_of_model_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.hf.models import make_folders
+    from tests.support.hf_models import make_folders
 
     pre, (ft,) = make_folders(tmp_path / "in", num_tasks=1)
     index = ft / "model.safetensors.index.json"
@@ -320,7 +320,7 @@ def _poison(folder: Path, key: str) -> None:
 # The entries are split in key order: lm_head.weight (first) is merged by rank 0, model.norm.weight (last) by rank 1.
 @pytest.mark.parametrize("key", ["model.norm.weight", "lm_head.weight"], ids=["rank1-fails", "rank0-fails"])
 def test_torchrun_reports_the_failing_rank_only(tmp_path: Path, key: str) -> None:
-    from tests.hf.models import make_folders
+    from tests.support.hf_models import make_folders
 
     pre, (ft,) = make_folders(tmp_path / "in", num_tasks=1)
     _poison(ft, key)

@@ -23,7 +23,7 @@ from tsvmerge import cli
 from tsvmerge.checkpoints.output_folders import MANIFEST_NAME, find_stale_temporaries, read_manifest
 
 transformers = pytest.importorskip("transformers")
-from tests.hf.models import make_folders  # noqa: E402  (needs transformers)
+from tests.support.hf_models import make_folders  # noqa: E402  (needs transformers)
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from tests.data.fixtures import make_dataset_fixture
+from tests.support.data_fixtures import make_dataset_fixture
 from tsvmerge.checkpoints import finetuned_checkpoint_path, head_path, zeroshot_checkpoint_path
 from tsvmerge.checkpoints.state_dict import save_state_dict
 from tsvmerge.data import class_synonyms, get_dataset, templates

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.evaluation.conftest import run_main
-from tests.evaluation.world import MODEL, World
-from tests.training.conftest import DATASETS, FINETUNE, REPO, finetune_args, load_checkpoint, run_finetune
+from tests.support.entry_points import REPO, run_main
+from tests.support.finetuning import DATASETS, FINETUNE, finetune_args, run_finetune
+from tests.support.world import MODEL, World
+from tests.training.conftest import load_checkpoint
 from tsvmerge.recipes import finetune as recipe
 from tsvmerge.training import loop
 from tsvmerge.training.distributed import Launch

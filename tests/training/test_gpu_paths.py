@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.gpu.fake_cuda import FakeCuda
+from tests.support.fake_cuda import FakeCuda
 from tsvmerge.config import ConfigError
 from tsvmerge.models.factory import ModelSpec
 from tsvmerge.models.finetuning_protocol import Hyperparameters

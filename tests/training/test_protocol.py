@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.evaluation.world import MODEL, World
-from tests.training.conftest import finetune_args, run_finetune
+from tests.support.finetuning import finetune_args, run_finetune
+from tests.support.world import MODEL, World
 from tsvmerge.data import BENCHMARK_DATASETS
 from tsvmerge.models import finetuning_protocol as protocol
 from tsvmerge.training.distributed import detect_launch
@@ -112,7 +112,7 @@ def test_missing_inputs_are_listed(ft_world: World, tmp_path: Path, capsys: pyte
 
 
 def test_train_dataset_flag_spellings(ft_world: World) -> None:
-    from tests.training.conftest import FINETUNE
+    from tests.support.finetuning import FINETUNE
     from tsvmerge.config import compose_config
     from tsvmerge.recipes import finetune
     from tsvmerge.recipes.configs import config_source
