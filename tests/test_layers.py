@@ -21,30 +21,33 @@ def _unit(path: Path) -> str:
     return parts[0]
 
 
-def _imported_units(path: Path, source: str | None = None) -> list[tuple[int, str]]:
-    """``(line, layer)`` of every tsvmerge import in ``path`` (or in ``source``, read as that module), relative or
-    absolute, at any depth."""
-    module = ["tsvmerge", *path.relative_to(PACKAGE).with_suffix("").parts]
-    package = module[:-1] if module[-1] != "__init__" else module[:-1]
+def _imports(path: Path, source: str | None = None) -> list[tuple[int, str, list[str]]]:
+    """``(line, module, names)`` of every tsvmerge import in ``path`` (or in ``source``, read as that module),
+    relative or absolute, at any depth: the dotted module imported (or imported from), and the names a
+    ``from ... import`` takes from it (empty for a plain ``import``)."""
+    package = ["tsvmerge", *path.relative_to(PACKAGE).with_suffix("").parts][:-1]
     found = []
     for node in ast.walk(ast.parse(path.read_text() if source is None else source)):
-        names: list[str] = []
         if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package[:len(package) - node.level + 1]
-                target = [*base, *(node.module.split(".") if node.module else [])]
-                names = [".".join(target)] if node.module else [".".join([*target, a.name]) for a in node.names]
-            elif node.module:
-                names = [node.module] if node.module != "tsvmerge" else [f"tsvmerge.{a.name}" for a in node.names]
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            if module.split(".")[0] == "tsvmerge":
+                found.append((node.lineno, module, [alias.name for alias in node.names]))
         elif isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        for name in names:
+            found += [(node.lineno, alias.name, []) for alias in node.names if alias.name.startswith("tsvmerge.")]
+    return found
+
+
+def _imported_units(path: Path, source: str | None = None) -> list[tuple[int, str]]:
+    """``(line, layer)`` of every tsvmerge import in ``path`` (or in ``source``, read as that module)."""
+    found = []
+    for line, module, names in _imports(path, source):
+        # ``from tsvmerge import analysis`` / ``from .. import analysis``: the names are the modules.
+        for name in [module] if "." in module else [f"{module}.{n}" for n in names]:
             parts = name.split(".")
-            if parts[0] != "tsvmerge" or len(parts) == 1:
-                continue
             # ``from tsvmerge import __version__``: a name of the package itself, not a module of a layer.
             is_module = (PACKAGE / parts[1]).is_dir() or (PACKAGE / f"{parts[1]}.py").is_file()
-            found.append((node.lineno, parts[1] if is_module else "__init__"))
+            found.append((line, parts[1] if is_module else "__init__"))
     return found
 
 
@@ -120,20 +123,7 @@ def _module_exists(dotted: str) -> bool:
 
 def test_every_import_of_tsvmerge_names_an_existing_module() -> None:
     """An import of a moved or deleted module fails here, even when it sits in a function no test runs."""
-    missing = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        module = ["tsvmerge", *path.relative_to(PACKAGE).with_suffix("").parts]
-        package = module[:-1]
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level:
-                base = package[:len(package) - node.level + 1]
-                target = ".".join([*base, *(node.module or "").split(".")]).rstrip(".")
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tsvmerge."):
-                target = node.module
-            elif isinstance(node, ast.Import):
-                target = next((a.name for a in node.names if a.name.startswith("tsvmerge.")), "")
-            else:
-                continue
-            if target and target != "tsvmerge" and not _module_exists(target):
-                missing.append(f"{path.relative_to(PACKAGE)}:{node.lineno} imports {target}")
+    missing = [f"{path.relative_to(PACKAGE)}:{line} imports {module}"
+               for path in sorted(PACKAGE.rglob("*.py")) for line, module, _ in _imports(path)
+               if module != "tsvmerge" and not _module_exists(module)]
     assert not missing, "; ".join(missing)

@@ -10,6 +10,7 @@ classes and the analyses' parameter dataclasses, which the commands hand over th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Iterable
@@ -68,6 +69,8 @@ def _schema_of(cls: type, leading: list[tuple[str, Any, Any]]) -> type:
     return dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
 
 
+# Generated once per class: every configuration a command composes lists every method and analysis schema.
+@functools.cache
 def method_schema(cls: type) -> type:
     """The structured config of a merge method: ``name``, ``full_name``, the entry-rule overrides ``svd_keys`` /
     ``average_keys`` (regular expressions, :mod:`tsvmerge.merging.entry_rules`) and the method's own parameters."""
@@ -77,6 +80,7 @@ def method_schema(cls: type) -> type:
                             ("average_keys", Optional[str], dataclasses.field(default=None))])  # noqa: UP007
 
 
+@functools.cache
 def analysis_schema(name: str, params: type) -> type:
     """The structured config of an analysis: ``name`` and its parameter dataclass' fields."""
     return _schema_of(params, [("name", str, dataclasses.field(default=name))])

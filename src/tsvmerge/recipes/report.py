@@ -27,7 +27,7 @@ from ..config.schema import ReportSchema
 from ..utils.entry_point import run_main
 from ..utils.files import check_output_path
 
-__all__ = ["PROG", "ReportSettings", "build_parser", "main", "report_from_config", "run", "run_report",
+__all__ = ["PROG", "ReportSettings", "build_parser", "main", "run", "run_report",
            "settings_from_config"]
 
 PROG = "report.py"
@@ -74,13 +74,8 @@ def main(argv: Sequence[str] | None = None, config: ConfigSource | None = None) 
     args = build_parser().parse_args(argv)
     source = config if config is not None else ConfigSource(None)
     name = "report" if source.config_dir is not None else "report_schema"
-    return run_main(PROG, lambda: report_from_config(
-        compose_config(source, name, [*flag_overrides(args), *args.overrides])))
-
-
-def report_from_config(cfg: Any) -> int:
-    """Body of ``report.py``: the composed ``report`` configuration (results_dir, out, radar, radar_metric)."""
-    return run(settings_from_config(cfg))
+    return run_main(PROG, lambda: run(settings_from_config(
+        compose_config(source, name, [*flag_overrides(args), *args.overrides]))))
 
 
 def run_report(results_dir: str | Path, out: str | Path | None = None, *, radar: bool = True,
