@@ -4,6 +4,7 @@
     python bench/merge.py --model ViT-B-32 --tasks 20 --method TSVM sum ties --svd randomized
     python bench/merge.py --model ViT-S-32 --tasks 4 --method TSVM ties --device cuda:1
     python bench/merge.py --model ViT-B-32 --tasks 20 --method TSVM iso_c iso_cts dc_merge cart
+    python bench/merge.py --model ViT-B-32 --tasks 8 --method TSVM esm regmean      (32 calibration images per task)
 
 Checkpoints are built once into a cache folder: the open_clip architecture with random weights and
 the published key layout (an image encoder wrapper with attribute ``model``, text transformer
@@ -12,6 +13,10 @@ delta (the text parts stay untouched, as in the published fine-tuning). Each met
 fresh process, so its wall time and peak memory are its own: peak RSS (memory-mapped checkpoint
 pages included) and peak anonymous memory (RssAnon: what the merge really allocates), plus the peak
 of CUDA allocations when merging on a GPU (``--device cuda[:i]``).
+
+The data-aware methods (esm, regmean) are timed with their calibration pass included: the image encoder built from
+θ0, ``--calibration-samples`` random preprocessed images per task (seeded) pushed through each task's encoder, the
+statistics folded into the method, then the merge.
 """
 
 from __future__ import annotations
@@ -87,8 +92,31 @@ def ensure_checkpoints(model: str, tasks: int, cache: Path) -> tuple[Path, list[
     return zeroshot, finetuned
 
 
+def calibrate_synthetic(method, tasks, model: str, samples: int, device) -> None:
+    """The calibration pass on ``samples`` seeded random images per task (224 px or the model's size)."""
+    import open_clip
+
+    from tsvmerge.calibration import Batch, calibrate
+    from tsvmerge.models.encoder import ImageEncoder
+
+    clip = open_clip.create_model(model, pretrained=None)
+    encoder = ImageEncoder(clip)
+    encoder.load_state_dict({key: tasks.pretrained[key] for key in encoder.state_dict()})
+    encoder = encoder.to(device).eval()
+    size = clip.visual.image_size
+    height, width = (size, size) if isinstance(size, int) else size
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.randn(samples, 3, height, width, generator=generator) for _ in range(tasks.num_tasks)]
+    batch = method.calibration.batch_size
+
+    def batches(task: int) -> list:
+        return [Batch(x) for x in (images[task].split(batch) if batch else [images[task]])]
+
+    calibrate(method, tasks, encoder, batches, lambda module, x: module(x.to(device)))
+
+
 def run_one(method: str, model: str, zeroshot: Path, finetuned: list[Path], svd: str | None, device: str,
-            params: list[str]) -> dict:
+            params: list[str], calibration_samples: int = 32) -> dict:
     """Merge in this process and report time and memory (the child side of ``main``)."""
     from tsvmerge.checkpoints import open_state_dict
     from tsvmerge.merging import TaskVectors, apply_task_vector, build_method, merge, method_parameters
@@ -106,13 +134,17 @@ def run_one(method: str, model: str, zeroshot: Path, finetuned: list[Path], svd:
     with MemoryMonitor(device=dev) as monitor:
         started = time.perf_counter()
         tasks = TaskVectors(open_state_dict(zeroshot), [open_state_dict(p) for p in finetuned], device=dev)
+        calibration_seconds = None
+        if built.calibration is not None:
+            calibrate_synthetic(built, tasks, model, calibration_samples, dev)
+            calibration_seconds = time.perf_counter() - started
         result = merge(built, tasks, progress=False)
         if result.task_vector is not None and not built.task_specific:
             apply_task_vector(tasks.pretrained, result.task_vector, 1.0, inplace=True)
         seconds = time.perf_counter() - started
     report = monitor.report
     return {"method": method, "svd": values.get("svd"), "tasks": len(finetuned), "device": str(dev),
-            "seconds": seconds, "peak_rss_gib": report.peak_rss_bytes / 2**30,
+            "seconds": seconds, "calibration_seconds": calibration_seconds, "peak_rss_gib": report.peak_rss_bytes / 2**30,
             "peak_anon_gib": (report.peak_rss_anon_bytes or 0) / 2**30,
             "peak_cuda_gib": None if report.peak_cuda_bytes is None else report.peak_cuda_bytes / 2**30}
 
@@ -125,6 +157,8 @@ def main() -> int:
     parser.add_argument("--svd", choices=["exact", "full", "randomized"], default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--set", dest="params", nargs="+", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--calibration-samples", type=int, default=32,
+                        help="data-aware methods: random images per task in the calibration pass (default 32)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where synthetic checkpoints are kept")
     parser.add_argument("--json", type=Path, help="also append the results to this JSON-lines file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -132,14 +166,16 @@ def main() -> int:
 
     zeroshot, finetuned = ensure_checkpoints(args.model, args.tasks, args.cache)
     if args.child:
-        print(json.dumps(run_one(args.method[0], args.model, zeroshot, finetuned, args.svd, args.device, args.params)))
+        print(json.dumps(run_one(args.method[0], args.model, zeroshot, finetuned, args.svd, args.device, args.params,
+                                 args.calibration_samples)))
         return 0
 
-    print(f"{'method':24s} {'svd':>10s} {'tasks':>5s} {'wall s':>8s} {'peak RSS':>10s} {'peak anon':>10s} "
-          f"{'peak CUDA':>10s} device")
+    print(f"{'method':24s} {'svd':>10s} {'tasks':>5s} {'wall s':>8s} {'calib s':>8s} {'peak RSS':>10s} "
+          f"{'peak anon':>10s} {'peak CUDA':>10s} device")
     for method in args.method:
         command = [sys.executable, __file__, "--child", "--model", args.model, "--tasks", str(args.tasks),
-                   "--method", method, "--device", args.device, "--cache", str(args.cache)]
+                   "--method", method, "--device", args.device, "--cache", str(args.cache),
+                   "--calibration-samples", str(args.calibration_samples)]
         if args.svd:
             command += ["--svd", args.svd]
         if args.params:
@@ -150,8 +186,9 @@ def main() -> int:
             return done.returncode
         row = json.loads(done.stdout.strip().splitlines()[-1])
         cuda = "-" if row["peak_cuda_gib"] is None else f"{row['peak_cuda_gib']:8.2f} G"
+        calibration = "-" if row["calibration_seconds"] is None else f"{row['calibration_seconds']:.1f}"
         print(f"{row['method']:24s} {row['svd'] or '-':>10s} {row['tasks']:5d} {row['seconds']:8.1f} "
-              f"{row['peak_rss_gib']:8.2f} G {row['peak_anon_gib']:8.2f} G {cuda:>10s} {row['device']}", flush=True)
+              f"{calibration:>8s} {row['peak_rss_gib']:8.2f} G {row['peak_anon_gib']:8.2f} G {cuda:>10s} {row['device']}", flush=True)
         if args.json:
             with args.json.open("a") as fh:
                 fh.write(json.dumps({"model": args.model, **row}) + "\n")

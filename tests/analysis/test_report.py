@@ -29,12 +29,13 @@ def _section(datasets: list[str], base: float) -> dict[str, float]:
 
 def _write(results: Path, model: str, method: str, datasets: list[str], base: float, *, full_name: str | None = None,
            suffix: str = "valbest", folder: str = "merging", created: str = "2025-01-01T00:00:00+00:00",
-           task_specific: bool = False) -> dict:
+           task_specific: bool = False, **keys) -> dict:
+    """An older-style result file (no ``data_regime``) unless ``keys`` add it."""
     full_name = full_name or method
     payload = {"schema": RESULT_SCHEMA, "model": model, "method": method, "method_full_name": full_name,
                "num_tasks": len(datasets), "datasets": datasets, "alpha": 1.0,
                "task_choices": {d: 1.0 for d in datasets} if task_specific else None,
-               "test": _section(datasets, base), "created_utc": created}
+               "test": _section(datasets, base), "created_utc": created, **keys}
     write_json(result_path(results, folder, model, len(datasets), full_name, suffix), payload)
     return payload
 
@@ -82,12 +83,13 @@ def test_report_reproduces_table_2(results: Path, tmp_path: Path, capsys: pytest
 
     table = md.split("## Average accuracy (Table 2)")[1].split("## Per-dataset")[0]
     lines = [line for line in table.splitlines() if line.startswith("|")]
-    assert lines[0] == "| method | ViT-B-32 8 tasks | ViT-B-32 14 tasks | ViT-L-14 8 tasks |"
-    assert lines[2] == "| Fine-tuned (individual) | 90.0 (100.0) | 90.0 (100.0) |  |"
-    assert lines[3] == f"| Task Arithmetic | {cell(avg8_sum)} |  |  |"
-    assert lines[4] == f"| TSV-M | {cell(avg8)} | {cell(avg14)} |  |"
-    assert lines[5] == f"| TSV-M (α=1) | {cell(avg8_lam)} |  |  |"
-    assert lines[6] == f"| TSV-C † |  |  | {cell(avg8_tsvc)} |"
+    assert lines[0] == "| method | ViT-B-32 8 tasks | ViT-B-32 14 tasks | ViT-L-14 8 tasks | data |"
+    assert lines[1] == "| --- | ---: | ---: | ---: | --- |"
+    assert lines[2] == "| Fine-tuned (individual) | 90.0 (100.0) | 90.0 (100.0) |  |  |"
+    assert lines[3] == f"| Task Arithmetic | {cell(avg8_sum)} |  |  | none |"
+    assert lines[4] == f"| TSV-M | {cell(avg8)} | {cell(avg14)} |  | none |"
+    assert lines[5] == f"| TSV-M (α=1) | {cell(avg8_lam)} |  |  | none |"
+    assert lines[6] == f"| TSV-C † |  |  | {cell(avg8_tsvc)} | none |"
     assert len(lines) == 7, "no invented row or cell"
 
     rows = _rows(out / "table2.csv")
@@ -98,6 +100,8 @@ def test_report_reproduces_table_2(results: Path, tmp_path: Path, capsys: pytest
         "merging/ViT-B-32_8tasks_TSVM_nonlinear_additions_valbest.json"), "the newest duplicate is used"
     assert by_key[("sum", "valbest", "ViT-B-32", "14 tasks")]["avg_top1"] == "", "missing cells stay empty"
     assert by_key[("TSVC", "valbest", "ViT-B-32", "8 tasks")]["avg_top1"] == ""
+    assert by_key[("TSVM", "valbest", "ViT-B-32", "8 tasks")]["data_regime"] == "none"
+    assert by_key[("TSVC", "valbest", "ViT-B-32", "8 tasks")]["data_regime"] == ""
     assert "old/ViT-B-32_8tasks_TSVM" in md.split("## Duplicate result files")[1]
 
     per = _rows(out / "per_dataset.csv")
@@ -105,6 +109,9 @@ def test_report_reproduces_table_2(results: Path, tmp_path: Path, capsys: pytest
     assert [r["dataset"] for r in custom if r["method"] == "sum"] == ["MNIST", "SVHN", "DTD", "average"]
     assert [float(r["top1"]) for r in custom if r["method"] == "sum"] == pytest.approx([0.50, 0.51, 0.52, 0.51])
     assert "### ViT-B-32, MNIST+SVHN+DTD" in md
+    assert "| method | MNIST | SVHN | DTD | average | data |" in md
+    assert "| Task Arithmetic | 50.0 | 51.0 | 52.0 | 51.0 | none |" in md
+    assert {r["method"]: r["data_regime"] for r in custom} == {"sum": "none", "finetuned": ""}
     cars = [r for r in per if r["tasks"] == "8 tasks" and r["model"] == "ViT-B-32" and r["dataset"] == "Cars"]
     assert {r["label"]: float(r["top1"]) for r in cars} == pytest.approx(
         {"Fine-tuned (individual)": 0.9, "Task Arithmetic": 0.6, "TSV-M": 0.8, "TSV-M (α=1)": 0.7})
@@ -126,3 +133,35 @@ def test_report_without_results(tmp_path: Path) -> None:
     md = (tmp_path / "results" / "report" / "report.md").read_text()
     assert "No result file" in md
     assert main(["--results-dir", str(tmp_path / "nowhere")]) == 2
+
+
+def test_every_table_names_the_data_each_method_used(tmp_path: Path) -> None:
+    """Stored regimes are shown as written, older files' derived; a row whose files disagree shows both."""
+    from tsvmerge.analysis.report import write_report
+    from tsvmerge.merging.registry import method_label
+
+    root = tmp_path / "results"
+    b8, b14 = list(BENCHMARK_DATASETS[:8]), list(BENCHMARK_DATASETS[:14])
+    _write(root, "ViT-B-32", "TSVM", b8, 0.80, alpha_grid=[0.5, 1.0])  # older file: derived
+    _write(root, "ViT-B-32", "TSVM", b14, 0.75, alpha_grid=[1.0], data_regime="none")
+    _write(root, "ViT-B-32", "esm", b8, 0.85, alpha_grid=[0.7, 1.2], data_regime="256 unlabeled/task + validation (α)")
+    _write(root, "ViT-B-32", "regmean", b8, 0.82, data_regime="256 unlabeled/task")
+    out = tmp_path / "report"
+    write_report(root, out, radar=False)
+    md = (out / "report.md").read_text()
+    table = md.split("## Average accuracy (Table 2)")[1].split("## Per-dataset")[0]
+    lines = [line for line in table.splitlines() if line.startswith("|")][2:]
+    regimes = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[-1].rstrip(" |") for line in lines}
+    assert regimes == {"TSV-M": "validation (α) / none", method_label("esm"): "256 unlabeled/task + validation (α)",
+                       method_label("regmean"): "256 unlabeled/task"}
+    per_dataset = md.split("### ViT-B-32, 8 tasks")[1].split("###")[0]
+    lines = [line for line in per_dataset.splitlines() if line.startswith("|")][2:]
+    assert {line.split(" | ")[0].lstrip("| "): line.split(" | ")[-1].rstrip(" |") for line in lines} == {
+        "TSV-M": "validation (α)", method_label("esm"): "256 unlabeled/task + validation (α)",
+        method_label("regmean"): "256 unlabeled/task"}
+    table2 = {(r["method"], r["tasks"]): r["data_regime"] for r in _rows(out / "table2.csv")}
+    assert table2[("TSVM", "8 tasks")] == "validation (α)" and table2[("TSVM", "14 tasks")] == "none"
+    assert table2[("esm", "14 tasks")] == "", "no file, no regime"
+    per = {(r["method"], r["tasks"]): r["data_regime"] for r in _rows(out / "per_dataset.csv")}
+    assert per[("regmean", "8 tasks")] == "256 unlabeled/task"
+    assert json.loads((out / "report.json").read_text())["table2"][0]["data_regime"] is not None

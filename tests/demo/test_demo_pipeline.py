@@ -14,8 +14,8 @@ import pytest
 from tsvmerge.data import SYNTHETIC_TASKS
 
 REPO = Path(__file__).resolve().parents[2]
-METHODS = ("zeroshot", "average", "sum", "ties", "tall_mask", "consensus", "TSVM", "iso_c", "iso_cts", "dc_merge",
-           "cart", "TSVC")
+METHODS = ("zeroshot", "average", "regmean", "sum", "ties", "tall_mask", "consensus", "TSVM", "iso_c", "iso_cts",
+           "dc_merge", "esm", "cart", "TSVC")
 
 
 def _demo(tmp: Path, *extra: str) -> str:
@@ -57,8 +57,8 @@ def test_summary_matches_the_result_files(demo_run: tuple[Path, str]) -> None:
     tmp, out = demo_run
     results = tmp / "results"
     rows = list(csv.DictReader((results / "summary.csv").open()))
-    assert [r["method"] for r in rows] == ["zeroshot", "average", "sum", "ties", "consensus", "tall_mask", "TSVM",
-                                           "iso_c", "iso_cts", "dc_merge", "cart", "TSVC", "finetuned"]
+    assert [r["method"] for r in rows] == ["zeroshot", "average", "regmean", "sum", "ties", "consensus", "tall_mask",
+                                           "TSVM", "iso_c", "iso_cts", "dc_merge", "esm", "cart", "TSVC", "finetuned"]
     ft = json.loads((results / "single_task" / "demo" / "nonlinear_ft_accuracies.json").read_text())
     for row in rows:
         if row["method"] == "finetuned":

@@ -16,8 +16,10 @@ from tsvmerge.utils.files import json_safe
 
 #: The keys of a result file, in the order main.py has always written them (docs/evaluation.md).
 KEYS = ["schema", "model", "method", "method_full_name", "method_params", "entry_rules", "num_tasks", "datasets",
-        "alpha", "alpha_grid", "task_choices", "selection", "test", "val", "val_best", "ft_accuracies_file",
-        "merge_stats", "runtime", "created_utc", "tsvmerge_version", "config"]
+        "alpha", "alpha_grid", "task_choices", "selection", "data_regime", "test", "val", "val_best",
+        "ft_accuracies_file", "merge_stats", "runtime", "created_utc", "tsvmerge_version", "config"]
+#: Where the keys only some methods write go: after ``data_regime``, and after ``val_best``.
+AFTER_REGIME, AFTER_VAL = KEYS.index("data_regime") + 1, KEYS.index("val_best") + 1
 
 
 def _section(splits: list[str], top1: float) -> dict[str, float]:
@@ -41,9 +43,11 @@ def _result(**extra) -> ResultFile:
 @pytest.mark.parametrize(("extra", "keys"), [
     ({}, KEYS),
     ({"alpha_early_stopping": {"patience": 1, "stopped_at": None}},
-     [*KEYS[:15], "alpha_early_stopping", *KEYS[15:]]),
+     [*KEYS[:AFTER_VAL], "alpha_early_stopping", *KEYS[AFTER_VAL:]]),
     ({"tall_mask_file": "masks.npy", "tall_mask_saved": False},
-     [*KEYS[:15], "tall_mask_file", "tall_mask_saved", *KEYS[15:]]),
+     [*KEYS[:AFTER_VAL], "tall_mask_file", "tall_mask_saved", *KEYS[AFTER_VAL:]]),
+    ({"data_regime": "256 unlabeled/task + validation (α)", "calibration": {"samples": 256, "seed": 0}},
+     [*KEYS[:AFTER_REGIME], "calibration", *KEYS[AFTER_REGIME:]]),
 ])
 def test_round_trip_keeps_every_key_in_order(extra: dict, keys: list[str], tmp_path: Path) -> None:
     result = _result(**extra)
@@ -62,6 +66,7 @@ def test_an_older_file_reads_with_the_defaults() -> None:
                                    "test": {"avg_top1": 0.5}}, "old.json")
     assert (result.method, result.method_full_name, result.num_tasks) == ("sum", "sum", 1)
     assert result.created_utc == "" and result.ft_accuracies_file is None and result.task_choices is None
+    assert result.data_regime == "" and result.calibration is None
 
 
 @pytest.mark.parametrize("data", [
@@ -99,8 +104,9 @@ def test_the_reader_rejects_non_finite_numbers(number: str, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(("overrides", "keys"), [
-    (["method=iso_c", "method.early_stop_patience=1"], [*KEYS[:15], "alpha_early_stopping", *KEYS[15:]]),
-    (["method=tall_mask"], [*KEYS[:15], "tall_mask_file", "tall_mask_saved", *KEYS[15:]]),
+    (["method=iso_c", "method.early_stop_patience=1"],
+     [*KEYS[:AFTER_VAL], "alpha_early_stopping", *KEYS[AFTER_VAL:]]),
+    (["method=tall_mask"], [*KEYS[:AFTER_VAL], "tall_mask_file", "tall_mask_saved", *KEYS[AFTER_VAL:]]),
 ])
 def test_main_writes_a_result_file_that_reads_back_byte_for_byte(world: World, overrides: list[str],
                                                                  keys: list[str], monkeypatch: pytest.MonkeyPatch,

@@ -144,6 +144,9 @@ def test_format_table() -> None:
     assert lines[0] == "t" and len(lines) == 1 + 2 + 2 + 2
     assert lines[3].split() == ["A", "50.00", "50.00", "75.00", "0.2"]
     assert lines[-1].split() == ["mean", "37.50", "50.00", "62.50"]
+    with_regime = format_table(test, ["A", "B"], val, data_regime="validation (α)").splitlines()
+    assert with_regime[-1] == "data used: validation (α)" and with_regime[-2].split()[0] == "mean"
+    assert len(with_regime) == len(format_table(test, ["A", "B"], val).splitlines()) + 1
     assert json_safe({1: {2}}) == {"1": [2]}
 
 

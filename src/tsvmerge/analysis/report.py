@@ -9,6 +9,9 @@ the command itself is :mod:`tsvmerge.recipes.report`.
 - Per-dataset tables: one per model and task list (explicit ``DATASETS`` lists included), test top-1 per dataset.
 - Radar chart per model and task list: one polygon per method over the datasets.
 
+Every table names, per method, the data its numbers used (column "data": none, validation α, unlabeled samples per
+task, ...; :mod:`tsvmerge.evaluation.data_regime`), so a data-aware method is never read as data-free.
+
 A Hydra multirun folder (``python main.py -m ...``, e.g. on Slurm: docs/cluster.md) is a results folder too: every
 job copies its result file into its own sub-folder. Its report adds a "Multirun jobs" section
 (:mod:`tsvmerge.analysis.multirun`): how many of the sweep's jobs wrote a result, and the overrides and log files of
@@ -63,6 +66,7 @@ class Cell:
     normalized: float | None
     per_dataset: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     path: Path | None = None
+    data_regime: str = ""  # the data the numbers used ("" for the fine-tuned reference row)
 
 
 @dataclass
@@ -135,7 +139,7 @@ def build_report(records: Sequence[ResultRecord], finetuned: Mapping[str, Mappin
         per_dataset = {d: (_num(record.test.get(f"{d}:top1")), _num(record.test.get(f"{d}:normalized_top1")))
                        for d in record.datasets}
         cell = Cell(_num(record.test.get("avg_top1")), _num(record.test.get("avg_normalized_top1")), per_dataset,
-                    record.path)
+                    record.path, record.data_regime)
         key = (row, column)
         if key in cells:
             old_path = cells[key].path
@@ -177,6 +181,13 @@ def _cell_text(cell: Cell | None) -> str:
     return f"{_pct(cell.top1)} ({_pct(cell.normalized)})" if cell.normalized is not None else _pct(cell.top1)
 
 
+def _row_regime(report: Report, row: RowKey, columns: Sequence[Column]) -> str:
+    """The data regime of a row's cells in ``columns``; cells that disagree (e.g. runs of different versions) give
+    every distinct value, in column order, joined by " / "."""
+    regimes = [c.data_regime for c in (report.cells.get((row, column)) for column in columns) if c is not None]
+    return " / ".join(dict.fromkeys(r for r in regimes if r))
+
+
 def _md_table(header: Sequence[str], lines: Sequence[Sequence[str]], align: Sequence[str]) -> str:
     out = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
     out += ["| " + " | ".join(line) + " |" for line in lines]
@@ -187,15 +198,15 @@ def table2_markdown(report: Report) -> str:
     """Rows: methods; columns: model × number of tasks; cells: absolute (normalized) average test top-1."""
     if not report.columns:
         return "_No result file of a benchmark task list (the first 8 / 14 / 20 tasks) was found._\n"
-    header = ["method"] + [f"{m} {t}" for m, t in report.columns]
+    header = ["method"] + [f"{m} {t}" for m, t in report.columns] + ["data"]
     lines = []
     for row in report.rows:
         cells = [_cell_text(report.cells.get((row, c))) for c in report.columns]
         if not any(cells):
             continue
         label = report.labels[row] + (" †" if report.task_specific.get(row) and row[0] != FINETUNED else "")
-        lines.append([label, *cells])
-    return _md_table(header, lines, ["---"] + ["---:"] * len(report.columns)) + "\n"
+        lines.append([label, *cells, _row_regime(report, row, report.columns)])
+    return _md_table(header, lines, ["---"] + ["---:"] * len(report.columns) + ["---"]) + "\n"
 
 
 def table2_rows(report: Report) -> list[dict[str, Any]]:
@@ -208,6 +219,7 @@ def table2_rows(report: Report) -> list[dict[str, Any]]:
                 "model": column[0], "tasks": column[1],
                 "avg_top1": None if cell is None else cell.top1,
                 "avg_normalized_top1": None if cell is None else cell.normalized,
+                "data_regime": None if cell is None else cell.data_regime,
                 "result_file": None if cell is None or cell.path is None else str(cell.path),
             })
     return rows
@@ -216,7 +228,7 @@ def table2_rows(report: Report) -> list[dict[str, Any]]:
 def per_dataset_markdown(report: Report) -> str:
     parts = []
     for column, datasets in report.groups:
-        header = ["method", *datasets, AVERAGE_COLUMN]
+        header = ["method", *datasets, AVERAGE_COLUMN, "data"]
         lines = []
         for row in report.rows:
             cell = report.cells.get((row, column))
@@ -224,10 +236,10 @@ def per_dataset_markdown(report: Report) -> str:
                 continue
             values = [_pct(cell.per_dataset.get(d, (None, None))[0]) for d in datasets]
             label = report.labels[row] + (" †" if report.task_specific.get(row) and row[0] != FINETUNED else "")
-            lines.append([label, *values, _pct(cell.top1)])
+            lines.append([label, *values, _pct(cell.top1), cell.data_regime])
         if lines:
             parts.append(f"### {column[0]}, {column[1]}\n\n"
-                         + _md_table(header, lines, ["---"] + ["---:"] * (len(datasets) + 1)) + "\n")
+                         + _md_table(header, lines, ["---"] + ["---:"] * (len(datasets) + 1) + ["---"]) + "\n")
     return "\n".join(parts)
 
 
@@ -243,7 +255,7 @@ def per_dataset_rows(report: Report) -> list[dict[str, Any]]:
                               else cell.per_dataset.get(d, (None, None)))
                 rows.append({"model": column[0], "tasks": column[1], "method": row[0], "method_full_name": row[1],
                              "suffix": row[2], "label": report.labels[row], "dataset": d, "top1": top1,
-                             "normalized_top1": norm,
+                             "normalized_top1": norm, "data_regime": cell.data_regime,
                              "result_file": None if cell.path is None else str(cell.path)})
     return rows
 
@@ -272,10 +284,10 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, *, rada
     written: dict[str, Path] = {}
     written["table2.csv"] = write_csv(out / "table2.csv", table2_rows(report),
                                       ["method", "method_full_name", "suffix", "label", "model", "tasks", "avg_top1",
-                                       "avg_normalized_top1", "result_file"])
+                                       "avg_normalized_top1", "data_regime", "result_file"])
     written["per_dataset.csv"] = write_csv(out / "per_dataset.csv", per_dataset_rows(report),
                                            ["model", "tasks", "method", "method_full_name", "suffix", "label",
-                                            "dataset", "top1", "normalized_top1", "result_file"])
+                                            "dataset", "top1", "normalized_top1", "data_regime", "result_file"])
     radars = []
     if radar:
         for column, datasets in report.groups:
@@ -299,7 +311,9 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, *, rada
           "top-1 (÷ single-task fine-tuned top-1) in parentheses; empty cells have no result file.", "",
           "## Average accuracy (Table 2)", "", table2_markdown(report),
           "† task-specific vectors: the task is known at test time (TALL masks, TSV-C, magnitude masking); "
-          "the fine-tuned row uses one model per task.", "",
+          "the fine-tuned row uses one model per task. \"data\": the data each number used beyond the merged "
+          "checkpoints (none; validation (α): α chosen on the labelled validation splits; validation (λ per task): "
+          "each task's mask chosen on its validation split; <N> unlabeled/task: a data-aware merge's samples).", "",
           "## Per-dataset accuracy", "", "Test top-1 (%) per dataset.", "", per_dataset_markdown(report)]
     if sweep is not None:
         md += ["## Multirun jobs", "", sweep_markdown(sweep)]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import is_benchmark_prefix
+from ..evaluation.data_regime import regime_of
 from ..evaluation.results import ResultFile, ResultFileError, is_result_file
 
 __all__ = ["ResultRecord", "Warn", "collect_results", "finetuned_accuracies", "finetuned_accuracies_of_runs",
@@ -41,6 +42,7 @@ class ResultRecord:
     task_specific: bool
     created: str
     ft_accuracies_file: str | None = None  # the accuracy file the run normalized by
+    data_regime: str = ""  # the data the numbers used (evaluation.data_regime.regime_of)
 
     @classmethod
     def of(cls, result: ResultFile, path: Path) -> ResultRecord:
@@ -48,7 +50,7 @@ class ResultRecord:
         return cls(path=path, model=result.model, method=result.method, full_name=result.method_full_name,
                    suffix=_suffix(path), datasets=result.datasets, test=result.test,
                    task_specific=result.task_choices is not None, created=result.created_utc,
-                   ft_accuracies_file=result.ft_accuracies_file)
+                   ft_accuracies_file=result.ft_accuracies_file, data_regime=regime_of(result))
 
     @property
     def num_tasks(self) -> int:

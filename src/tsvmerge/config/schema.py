@@ -104,6 +104,15 @@ class WandbSchema:
 
 
 @dataclass
+class CalibrationSchema:
+    """The samples of the data-aware methods (esm, regmean), drawn from each task's own dataset splits."""
+
+    samples: Optional[int] = _key(None, "samples per task (null: the method's own: esm 32 validation images, "
+                                        "regmean 256 training images)", minimum=1)
+    seed: Optional[int] = _key(None, "seed of each task's draw (null: the method's own, 0)")
+
+
+@dataclass
 class RunSchema:
     """What every run on a model and its tasks shares: tasks, compute, files (main.py, analyze.py)."""
 
@@ -133,6 +142,8 @@ class RunSchema:
                                                        "cached in cache_dir | none")
     cache_dir: str = _key("cache/eval", "on-disk tensor cache (eval_cache=disk)")
     progress: bool = _key(True, "progress bars")
+    calibration: CalibrationSchema = field(default_factory=CalibrationSchema,
+                                           metadata={"help": "samples of the data-aware methods (esm, regmean)"})
     wandb: WandbSchema = field(default_factory=WandbSchema, metadata={"help": "Weights & Biases logging"})
 
 

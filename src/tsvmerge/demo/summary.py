@@ -1,5 +1,6 @@
 """The demo's results table and chart: one row per merge method (plus the fine-tuned models), absolute and
-normalized test accuracy, from the result files ``main.py`` wrote and the single-task accuracy file."""
+normalized test accuracy and the data each number used, from the result files ``main.py`` wrote and the single-task
+accuracy file."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class SummaryRow:
     top1: Mapping[str, float]  # per task, test split
     alpha: float | None
     source: str  # the result file (or the accuracy file for the fine-tuned row)
+    data_regime: str = ""  # the data the numbers used (evaluation.data_regime); "" for the fine-tuned row
 
 
 def _latest(records: Sequence[ResultRecord], model: str, datasets: Sequence[str]) -> dict[str, ResultRecord]:
@@ -81,25 +83,27 @@ def summarize(results_dir: str | Path, model: str, datasets: Sequence[str]) -> l
         rows.append(SummaryRow(method, method_label(method), float(record.test["avg_top1"]),
                                float(record.test["avg_normalized_top1"]), top1,
                                None if payload.get("task_choices") is not None else float(payload["alpha"]),
-                               str(record.path)))
+                               str(record.path), record.data_regime))
     return rows
 
 
 def summary_markdown(rows: Sequence[SummaryRow], datasets: Sequence[str]) -> str:
-    """Markdown table: method, average absolute / normalized test accuracy (%), α, per-task absolute (%)."""
-    header = ["Method", "Abs. acc.", "Norm. acc.", "α", *datasets]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---", *["---:"] * (len(header) - 1)]) + "|"]
+    """Markdown table: method, average absolute / normalized test accuracy (%), α, the data used, per-task absolute
+    (%)."""
+    header = ["Method", "Abs. acc.", "Norm. acc.", "α", "Data", *datasets]
+    align = [":---", "---:", "---:", "---:", ":---", *["---:"] * len(datasets)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for row in rows:
         alpha = "" if row.alpha is None else f"{row.alpha:.3g}"
         cells = [row.label, f"{100 * row.avg_top1:.1f}", f"{100 * row.avg_normalized_top1:.1f}", alpha,
-                 *(f"{100 * row.top1[d]:.1f}" for d in datasets)]
+                 row.data_regime, *(f"{100 * row.top1[d]:.1f}" for d in datasets)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _csv_rows(rows: Sequence[SummaryRow], datasets: Sequence[str]) -> list[dict[str, object]]:
     return [{"method": r.method, "label": r.label, "avg_top1": r.avg_top1,
-             "avg_normalized_top1": r.avg_normalized_top1, "alpha": r.alpha,
+             "avg_normalized_top1": r.avg_normalized_top1, "alpha": r.alpha, "data_regime": r.data_regime,
              **{f"{d}:top1": r.top1[d] for d in datasets}, "source": r.source} for r in rows]
 
 

@@ -1,4 +1,5 @@
-"""The α policy of each method and the in-place model update θ0 + α·τ used by the sweep.
+"""The α policy of each method (a grid, or ESM's golden-section search) and the in-place model update θ0 + α·τ used
+by the sweep.
 
 The model is built once; for each α (or each task's own vector) its parameters are rewritten in place with
 ``param.copy_(θ0).add_(τ, alpha=α)`` from a θ0 copy and τ kept on the device, so no checkpoint is read again and
@@ -8,15 +9,18 @@ no second model is allocated per α.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..merging.registry import MergeMethod
+from .metrics import first_best
 
-__all__ = ["EarlyStopping", "InPlaceWeights", "alpha_grid", "alpha_label"]
+__all__ = ["EarlyStopping", "GoldenSectionResult", "InPlaceWeights", "alpha_grid", "alpha_label",
+           "golden_section_search"]
 
 
 def alpha_grid(method: MergeMethod, n_eval_points: int, specify_lambda: float | None = None) -> list[float]:
@@ -57,6 +61,58 @@ class EarlyStopping:
         return self.patience is not None and self._without_gain >= self.patience
 
 
+#: The golden ratio's conjugate (√5 − 1)/2: each step keeps this fraction of the bracket.
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+@dataclass(frozen=True)
+class GoldenSectionResult:
+    """The α values a golden-section search evaluated, their two scores, and the α it chose."""
+
+    points: list[float]  # α values in evaluation order (14 for the defaults)
+    search_scores: list[float]  # f at each point: the metric that steers the search
+    choice_scores: list[float]  # g at each point: the metric that picks the result
+    chosen: float  # the first strict maximum of g over ``points``, in evaluation order
+
+
+def golden_section_search(evaluate: Callable[[float], tuple[float, float]], a: float = 0.0, b: float = 2.0,
+                          tol: float = 0.01, max_iter: int = 15) -> GoldenSectionResult:
+    """ESM's α rule (SPEC_ESM §E7), as the authors' search runs it rather than a grid: ``evaluate(α)`` returns
+    (f, g) = (mean absolute, mean normalized validation top-1).
+
+    The bracket [a, b] shrinks on f: c = b − r(b − a), d = a + r(b − a), r = (√5 − 1)/2; when f(c) > f(d)
+    (strict) it keeps [a, d], otherwise (ties included, so ties move right) [c, b]; it stops once |b − a| < ``tol``
+    or after ``max_iter`` steps. The point kept inside the new bracket reuses its value, so no α is evaluated twice
+    (14 evaluations with the defaults). The result is chosen on g among every evaluated α, as the authors choose it.
+    """
+    if not b > a:
+        raise ValueError(f"the search bracket needs a < b, got a={a:g}, b={b:g}")
+    points: list[float] = []
+    scores: list[tuple[float, float]] = []
+
+    def score(alpha: float) -> float:
+        f, g = evaluate(alpha)
+        points.append(alpha)
+        scores.append((float(f), float(g)))
+        return float(f)
+
+    c, d = b - _GOLDEN * (b - a), a + _GOLDEN * (b - a)
+    fc, fd = score(c), score(d)
+    for _ in range(max_iter):
+        if abs(b - a) < tol:
+            break
+        if fc > fd:
+            b, d, fd = d, c, fc
+            c = b - _GOLDEN * (b - a)
+            fc = score(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + _GOLDEN * (b - a)
+            fd = score(d)
+    choice = [g for _, g in scores]
+    return GoldenSectionResult(points, [f for f, _ in scores], choice, points[first_best(choice)])
+
+
 def alpha_label(alpha: float) -> str:
     """JSON key of an α: its shortest round-trip repr after rounding grid noise (0.30000000000000004 -> '0.3')."""
     return repr(round(float(alpha), 10))
@@ -79,8 +135,10 @@ class InPlaceWeights:
         return set(self._targets)
 
     @torch.no_grad()
-    def set(self, vectors: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]], alpha: float = 1.0) -> None:
-        """Parameters := θ0 + α·τ for the entries of ``vectors``, θ0 elsewhere."""
+    def set(self, vectors: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]], alpha: float = 1.0, *,
+            unscaled: Collection[str] = ()) -> None:
+        """Parameters := θ0 + α·τ for the entries of ``vectors``, θ0 elsewhere; θ0 + τ for the ``unscaled`` entries
+        (a method whose α multiplies only part of τMT: ESM)."""
         items = vectors.items() if isinstance(vectors, Mapping) else vectors
         touched: set[str] = set()
         for key, tau in items:
@@ -93,7 +151,8 @@ class InPlaceWeights:
             base = self._theta0.get(key)
             if base is None:
                 base = self._theta0[key] = target.detach().clone()
-            target.copy_(base).add_(tau.to(target.device, target.dtype, non_blocking=True), alpha=alpha)
+            coefficient = 1.0 if key in unscaled else alpha
+            target.copy_(base).add_(tau.to(target.device, target.dtype, non_blocking=True), alpha=coefficient)
             touched.add(key)
         for key in self._dirty - touched:
             self._targets[key].copy_(self._theta0[key])

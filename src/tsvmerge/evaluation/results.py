@@ -35,8 +35,9 @@ def is_result_file(data: Any) -> bool:
     return isinstance(data, dict) and str(data.get("schema", "")).startswith(RESULT_SCHEMA_PREFIX)
 
 
-#: Keys only some methods write (the α sweep's early stop; TALL-mask files): left out of the file when None.
-_WRITTEN_WHEN_SET = ("alpha_early_stopping", "tall_mask_file", "tall_mask_saved")
+#: Keys only some methods write (the calibration data of data-aware merges; the α sweep's early stop; TALL-mask
+#: files): left out of the file when None.
+_WRITTEN_WHEN_SET = ("calibration", "alpha_early_stopping", "tall_mask_file", "tall_mask_saved")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +58,8 @@ class ResultFile:
     alpha_grid: Sequence[float] = ()  # the α values evaluated on validation
     task_choices: Mapping[str, Any] | None = None  # task-specific methods: {dataset: choice}
     selection: str = ""
+    data_regime: str = ""  # the data the numbers used (evaluation.data_regime); "": not recorded (older files)
+    calibration: Mapping[str, Any] | None = None  # data-aware methods: the unlabeled samples they merged with
     test: Mapping[str, float]  # metrics section of the test splits
     val: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # {α / choice label: metrics section}
     val_best: Mapping[str, float] = field(default_factory=dict)
@@ -99,7 +102,7 @@ class ResultFile:
         values.update(
             model=str(data.get("model")), method=str(data.get("method")),
             method_full_name=str(data.get("method_full_name") or data.get("method")),
-            created_utc=str(data.get("created_utc") or ""),
+            created_utc=str(data.get("created_utc") or ""), data_regime=str(data.get("data_regime") or ""),
             ft_accuracies_file=str(data["ft_accuracies_file"]) if data.get("ft_accuracies_file") else None,
         )
         return cls(**values)
@@ -124,8 +127,9 @@ def result_path(results_dir: str | Path, save_subfolder: str, model: str, num_ta
 
 
 def format_table(test: Mapping[str, float], datasets: Sequence[str], val: Mapping[str, float] | None = None,
-                 choices: Mapping[str, Any] | None = None, title: str = "") -> str:
-    """One line per dataset: test top-1, normalized top-1 (and validation top-1 / chosen λ), then the average."""
+                 choices: Mapping[str, Any] | None = None, title: str = "", data_regime: str = "") -> str:
+    """One line per dataset: test top-1, normalized top-1 (and validation top-1 / chosen λ), then the average, and
+    (``data_regime`` given) the data the numbers used, so a data-aware method is never read as data-free."""
     header = f"{'dataset':16s} {'top1':>8s} {'normalized':>11s}"
     if val is not None:
         header += f" {'val top1':>9s}"
@@ -145,4 +149,6 @@ def format_table(test: Mapping[str, float], datasets: Sequence[str], val: Mappin
     if val is not None:
         avg += f" {100 * val.get('avg_top1', math.nan):9.2f}"
     lines.append(avg)
+    if data_regime:
+        lines.append(f"data used: {data_regime}")
     return "\n".join(lines)

@@ -26,6 +26,7 @@ from ..config.tracking import WandbSettings
 from ..data import benchmark_tasks
 from ..data.task_selection import datasets_from_config
 from ..merging.method_config import check_benchmark_defaults, method_from_section
+from ..merging.registry import method_class, methods_where
 from ..models.factory import ModelSpec
 from ..models.model_config import model_spec
 
@@ -59,6 +60,8 @@ class RunSettings:
     eval_cache: str = "memory"
     cache_dir: Path = Path("cache/eval")
     progress: bool = True
+    calibration_samples: int | None = None  # calibration.samples / calibration.seed (data-aware methods)
+    calibration_seed: int | None = None
     wandb: WandbSettings = field(default_factory=WandbSettings)
 
     @property
@@ -79,6 +82,18 @@ def _specify_lambda(value: Any, problems: Problems) -> float | None:
                         f"got {value}")
         return None
     return float(value)
+
+
+def calibration_given(section: Mapping[str, Any]) -> bool:
+    return any(section.get(key) is not None for key in ("samples", "seed"))
+
+
+def method_takes_data(name: str) -> bool:
+    return method_class(name).calibration is not None
+
+
+def data_aware_methods() -> list[str]:
+    return methods_where(lambda cls: cls.calibration is not None)
 
 
 def settings_from_config(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
@@ -106,6 +121,12 @@ def settings_from_config(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
     for key in ("data_location", "model_location", "results_dir", "cache_dir", "ft_accuracies"):
         if not str(values.get(key) or "").strip():
             problems.append(f"{key} must be a path")
+    calibration = values.get("calibration") or {}
+    if calibration.get("samples") is not None and calibration["samples"] < 1:
+        problems.append(f"calibration.samples must be at least 1, got {calibration['samples']}")
+    if method is not None and calibration_given(calibration) and not method_takes_data(method.name):
+        problems.append(f"calibration.samples / calibration.seed apply to the data-aware methods "
+                        f"({', '.join(data_aware_methods())}); {method.name!r} merges without data")
     problems.raise_if_any()
     assert model is not None and method is not None
     path = lambda key: Path(str(values[key])).expanduser()  # noqa: E731
@@ -119,5 +140,6 @@ def settings_from_config(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
         results_dir=path("results_dir"), save_subfolder=str(values["save_subfolder"] or ""),
         result_suffix=values["result_suffix"], ft_accuracies=path("ft_accuracies"),
         eval_cache=values["eval_cache"], cache_dir=path("cache_dir"), progress=values["progress"],
+        calibration_samples=calibration.get("samples"), calibration_seed=calibration.get("seed"),
         wandb=wandb_settings(values["wandb"]),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,12 +115,25 @@ def merge(method: MergeMethod | str, tasks: TaskVectors, params: Mapping[str, An
         if out.masks is not None:
             result.masks = result.masks or {}
             result.masks[key] = out.masks.cpu()
+    if result.task_vector is not None:
+        _rescale_in_place(method, result.task_vector, method.rescaled_keys(tasks.own_keys))
     if method.task_specific and result.masks is None and result.per_task is None:
         result.per_task = {}  # no task changed anything: every task-specific vector is zero
     if result.task_vector is None and result.per_task is None:
         result.task_vector = {}
     result.stats = {"seconds": time.perf_counter() - started, **method.finalize(tasks)}
     return result
+
+
+def _rescale_in_place(method: MergeMethod, task_vector: dict[str, Tensor], keys: Sequence[str]) -> None:
+    """Apply the method's whole-model rescaling (:meth:`MergeMethod.rescale`) to the merged entries ``keys``; an
+    entry no task changed counts with norm 0 and stays absent."""
+    if not keys:
+        return
+    norms = {key: float(torch.linalg.vector_norm(task_vector[key])) if key in task_vector else 0.0 for key in keys}
+    for key, factor in method.rescale(norms).items():
+        if key in task_vector:
+            task_vector[key].mul_(factor)
 
 
 def merge_entry_in_blocks(method: MergeMethod, entry: TaskEntry,
@@ -156,8 +169,10 @@ def _to_cpu(value: Tensor | LowRankFactors | None) -> Tensor | LowRankFactors | 
 
 def apply_task_vector(pretrained: Mapping[str, Tensor],
                       task_vector: Mapping[str, Tensor] | Iterator[tuple[str, Tensor]],
-                      alpha: float = 1.0, *, inplace: bool = False) -> dict[str, Tensor]:
-    """θ0 + α·τ for every entry of θ0, computed in float32 and stored in θ0's dtypes.
+                      alpha: float = 1.0, *, inplace: bool = False,
+                      scaled: Callable[[str], bool] | None = None) -> dict[str, Tensor]:
+    """θ0 + α·τ for every entry of θ0, computed in float32 and stored in θ0's dtypes; entries for which
+    ``scaled(key)`` is false get θ0 + τ (a method that scales only part of τMT: ESM).
 
     Entries absent from ``task_vector`` are θ0's own tensors (not copied). With ``inplace`` the
     task-vector tensors are reused as output buffers, so no second model-sized buffer is allocated.
@@ -168,7 +183,8 @@ def apply_task_vector(pretrained: Mapping[str, Tensor],
     items = task_vector.items() if isinstance(task_vector, Mapping) else task_vector
     merged: dict[str, Tensor] = {key: pretrained[key] for key in sorted(pretrained.keys())}
     for key, tau in items:
-        merged[key] = apply_entry(pretrained[key], tau, alpha, key, inplace=inplace)
+        coefficient = alpha if scaled is None or scaled(key) else 1.0
+        merged[key] = apply_entry(pretrained[key], tau, coefficient, key, inplace=inplace)
     return merged
 
 
@@ -212,23 +228,54 @@ def stream_merged_entries(method: MergeMethod, tasks: TaskVectors, keys: Sequenc
     """
     num_outputs = tasks.num_tasks if method.task_specific else 1
     workers = default_workers(tasks.device) if workers is None else workers
+    held = _held_entries(method, tasks, keys, workers, progress)
 
     def merged(key: str) -> list[Tensor]:
         if not tasks.is_mergeable(key):
             base = tasks.pretrained[key]
             return [base] * num_outputs
         entry = tasks.entry(key)
-        out = merge_entry_in_blocks(method, entry) if entry.changed else None
+        if key in held:
+            tau = held.pop(key)
+            out = None if tau is None else EntryMerge(task_vector=tau)
+        else:
+            out = merge_entry_in_blocks(method, entry) if entry.changed else None
         taus = entry_task_vectors(out, num_outputs, choice)
         # A merge's outputs are tensors of its own: each one not shared between outputs becomes θ0 + α·τ in place
         # (None is θ0's own entry, never written to).
         present = [id(tau) for tau in taus if tau is not None]
         distinct = len(set(present)) == len(present)
-        return [apply_entry(entry.pretrained, tau, alpha, key, dtype=dtype, inplace=distinct) for tau in taus]
+        coefficient = alpha if method.alpha_scaled(key) else 1.0
+        return [apply_entry(entry.pretrained, tau, coefficient, key, dtype=dtype, inplace=distinct) for tau in taus]
 
     keys = tqdm(keys, desc=f"merge ({method.name})", disable=not progress, unit="entry", leave=False)
     yield from map_in_order(merged, keys, workers, label=lambda key: key,
                              cost=lambda key: workspace_bytes(tasks.shape(key), tasks.num_tasks))
+
+
+def _held_entries(method: MergeMethod, tasks: TaskVectors, keys: Sequence[str], workers: int,
+                  progress: bool) -> dict[str, Tensor | None]:
+    """The merged entries a method rescales together (:meth:`MergeMethod.rescaled_keys`), merged first, rescaled
+    and held until their turn to be written (None: no task changed the entry). They are all of the whole model's
+    ones, so that a process writing only some shards still rescales with the same norms."""
+    rescaled = method.rescaled_keys(tasks.keys)
+    if not rescaled:
+        return {}
+    if tasks.collective.world_size > 1:
+        raise ValueError(f"{method.name} rescales entries by whole-model norms: run it in a single process")
+
+    def one(key: str) -> Tensor | None:
+        entry = tasks.entry(key)
+        return merge_entry_in_blocks(method, entry).task_vector if entry.changed else None
+
+    bar = tqdm(rescaled, desc=f"merge ({method.name}, rescaled entries)", disable=not progress, unit="entry",
+               leave=False)
+    merged = {key: (None if tau is None else tau.cpu()) for key, tau in map_in_order(
+        one, bar, workers, label=lambda key: key, cost=lambda key: workspace_bytes(tasks.shape(key), tasks.num_tasks))}
+    present = {key: tau for key, tau in merged.items() if tau is not None}
+    _rescale_in_place(method, present, rescaled)
+    wanted = set(keys)
+    return {key: tau for key, tau in merged.items() if key in wanted}
 
 
 def _finite(value: Tensor, key: str, alpha: float) -> Tensor:

@@ -13,12 +13,14 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from torch import Tensor
 
+from .calibration import CalibrationError, CalibrationSpec, InputStatistic
+from .entry_rules import EntryRules
 from .task_vectors import TaskEntry, TaskVectors
 from .tsv import LowRankFactors
 
@@ -112,6 +114,12 @@ class MergeMethod:
     spectrum_compared: ClassVar[bool] = False
     #: α grid upper bound used on validation (grid linspace(0, max, n)[1:]); None means α is fixed.
     alpha_grid_max: ClassVar[float | None] = None
+    #: How α is chosen on validation: ``grid`` (linspace(0, alpha_grid_max, n)[1:]) or ``golden`` (the
+    #: golden-section search on [0, alpha_grid_max] of SPEC_ESM E7: 14 evaluations).
+    alpha_search: ClassVar[str] = "grid"
+    #: A data-aware method's needs (ESM, RegMean): the statistic of its linear maps' inputs and its default
+    #: samples per task (:mod:`tsvmerge.merging.calibration`); None: the method is data-free.
+    calibration: ClassVar[CalibrationSpec | None] = None
     #: α used when the grid is not searched (zeroshot: 0; TSV-C, masks, average: 1).
     default_alpha: ClassVar[float] = 1.0
     #: Methods whose tasks are evaluated with their own vector (TSV-C, TALL masks, magnitude masks); with mask
@@ -152,6 +160,34 @@ class MergeMethod:
 
     def prepare(self, tasks: TaskVectors, *, progress: bool = False, workers: int | None = None) -> None:
         """First pass over the checkpoints for whole-model statistics (default: none needed)."""
+
+    def calibration_keys(self, available: Mapping[str, tuple[int, ...]], rules: EntryRules) -> list[str]:
+        """The linear maps whose inputs a data-aware method needs, among ``available`` (weight key → shape: the maps
+        whose inputs the calibration pass can capture in this model); [] for a data-free method."""
+        return []
+
+    def begin_calibration(self, tasks: TaskVectors, keys: Sequence[str]) -> None:
+        """Called once before the statistics of ``keys`` (from :meth:`calibration_keys`) arrive, task by task."""
+        raise CalibrationError(f"method {self.name!r} uses no calibration data")
+
+    def absorb(self, task: int, key: str, statistic: InputStatistic) -> None:
+        """One task's statistic of one map's input (:class:`~tsvmerge.merging.calibration.InputStatistic`); the
+        method folds it into what its merge needs, so that no more than that is kept."""
+        raise CalibrationError(f"method {self.name!r} uses no calibration data")
+
+    def alpha_scaled(self, key: str) -> bool:
+        """Whether α multiplies this entry of τMT in θ0 + α·τMT (ESM scales only part of the entries, SPEC_ESM E7;
+        the others are added with coefficient 1). Default: every entry."""
+        return True
+
+    def rescaled_keys(self, keys: Sequence[str]) -> list[str]:
+        """Entries whose merged values are rescaled together once all of them are merged (ESM's inter-layer
+        rescaling, SPEC_ESM E6); the engine merges them first and holds them. Default: none."""
+        return []
+
+    def rescale(self, norms: Mapping[str, float]) -> dict[str, float]:
+        """Factor of each of :meth:`rescaled_keys`' merged entries, given their Frobenius norms before rescaling."""
+        return {}
 
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
         raise NotImplementedError

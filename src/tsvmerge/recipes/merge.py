@@ -1,12 +1,16 @@
 """``tsvmerge merge``: merge checkpoint files, or Hugging Face model folders, without any dataset.
 
     tsvmerge merge --method TSVM --pretrained zs.pt --finetuned a.pt b.pt --out merged.pt
+    tsvmerge merge --method esm --model ViT-B-32 --calibration images.pt --pretrained zs.pt --finetuned a.pt b.pt ...
+    tsvmerge merge --method regmean --calibration-text texts.jsonl --pretrained ./base --finetuned ./ft-a ./ft-b ...
     tsvmerge merge --method TSVM --pretrained meta-llama/Llama-3.2-1B --finetuned org/ft-a ./ft-b --out merged/
     torchrun --nproc_per_node=4 -m tsvmerge merge ...
 
 Reads top to bottom: the command line (:func:`add_parser`); the checks before any work (the method and its
 settings, the inputs, the outputs: nothing is written when one fails); :func:`run`, the merge itself, in one
-process or several; writing the outputs (a state dict, per-task files, or model folders).
+process or several, after the calibration pass of the data-aware methods (ESM, RegMean: each task's model run on
+the samples of ``--calibration`` / ``--calibration-text``); writing the outputs (a state dict, per-task files, or
+model folders).
 
 Model folders are written shard by shard, in one process or split over several (``torchrun``). The merged model is never whole in memory: entries stream from the inputs through the method and each merged
 tensor is appended to its shard file at once (the shard's safetensors header is written first, from the plan), so
@@ -115,6 +119,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "(default: per model family, see docs/hf_models.md)")
     m.add_argument("--average-keys", default=None, metavar="REGEX",
                    help="SVD-based methods: entries whose name matches are averaged (wins over --svd-keys)")
+    m.add_argument("--calibration", type=Path, metavar="FILE",
+                   help="data-aware methods (esm, regmean): a .safetensors / .pt file of inputs per task, keyed by "
+                        "the position of its --finetuned checkpoint ('0', '1', ...): preprocessed images [N, 3, H, W] "
+                        "for CLIP checkpoints (with --model), token ids [N, L] (and optional '<i>.attention_mask') "
+                        "for model folders")
+    m.add_argument("--calibration-text", type=Path, metavar="FILE.jsonl",
+                   help="data-aware methods on model folders: lines {\"task\": i, \"text\": \"...\"}, tokenized with "
+                        "the pre-trained folder's tokenizer")
+    m.add_argument("--calibration-max-length", type=int, default=512, metavar="N",
+                   help="--calibration-text: tokens kept per text (default 512)")
+    m.add_argument("--model", default=None, metavar="NAME",
+                   help="with --calibration on CLIP checkpoints: the architecture, a config/model/<NAME>.yaml "
+                        "(ViT-B-32, ViT-B-16, ViT-L-14, demo) or a path to such a file")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.set_defaults(run=run)
     return m
@@ -180,6 +197,102 @@ def _check_options(args: argparse.Namespace, method: MergeMethod) -> None:
         repeated = sorted({n for n in args.names if args.names.count(n) > 1})
         if repeated:
             raise ValueError(f"--names: {', '.join(repeated)} given more than once; each task needs its own name")
+
+
+def _check_calibration_options(args: argparse.Namespace, method: MergeMethod) -> None:
+    """A data-aware method needs exactly one calibration source; a data-free one takes none (it would be ignored)."""
+    given = [flag for flag, value in (("--calibration", args.calibration), ("--calibration-text",
+                                                                          args.calibration_text)) if value]
+    if method.calibration is None:
+        if given:
+            raise ValueError(f"{given[0]} applies to the data-aware methods (esm, regmean); {method.name!r} merges "
+                             "without data and would ignore it")
+        if args.model is not None:
+            raise ValueError(f"--model names the CLIP architecture for --calibration; {method.name!r} needs none")
+        return
+    if not given:
+        raise ValueError(f"{method.name!r} merges with data: give --calibration FILE (inputs per task) or, for model "
+                         "folders, --calibration-text FILE.jsonl")
+    if len(given) > 1:
+        raise ValueError("give --calibration or --calibration-text, not both")
+    if args.calibration_max_length < 1:
+        raise ValueError(f"--calibration-max-length must be at least 1, got {args.calibration_max_length}")
+    for path in (args.calibration, args.calibration_text):
+        if path is not None and not path.is_file():
+            raise ValueError(f"calibration file {str(path)!r} does not exist")
+
+
+def _model_spec(name: str):
+    """The CLIP architecture of ``--model``: config/model/<name>.yaml, or a YAML file given by path."""
+    import yaml
+
+    from ..config.settings import Problems
+    from ..models.model_config import model_spec
+    from .doctor import main_config_dir
+
+    path = Path(name)
+    if not (path.suffix in {".yaml", ".yml"} and path.is_file()):
+        path = main_config_dir() / "model" / f"{name}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+            raise ValueError(f"--model {name!r}: no {path}; known models: {', '.join(known)}")
+    section = yaml.safe_load(path.read_text()) or {}
+    problems = Problems()
+    spec = model_spec(section, problems)
+    problems.raise_if_any()
+    return spec
+
+
+def _calibrate(args: argparse.Namespace, method: MergeMethod, tasks: TaskVectors, inputs: list[Path],
+               folder_base: bool, device: torch.device):
+    """The calibration pass of a data-aware method: CLIP checkpoints with ``--model`` and preprocessed images, or a
+    model folder's own architecture with token ids or texts. One model in memory, freed afterwards."""
+    from ..calibration.clip import calibrate_from_file
+
+    if not folder_base:
+        if args.calibration_text is not None:
+            raise ValueError("--calibration-text applies to model folders; give CLIP checkpoints --calibration "
+                             "with preprocessed images")
+        if args.model is None:
+            raise ValueError("--calibration on checkpoint files needs --model NAME: the CLIP architecture that runs "
+                             "the calibration images (e.g. --model ViT-B-32)")
+        from ..models.encoder import build_image_encoder
+
+        encoder, _ = build_image_encoder(_model_spec(args.model), tasks.pretrained, inputs[0])
+        return calibrate_from_file(method, tasks, encoder.to(device), args.calibration, progress=not args.quiet)
+    return _calibrate_folder(args, method, tasks, inputs[0], device)
+
+
+def _calibrate_folder(args: argparse.Namespace, method: MergeMethod, tasks: TaskVectors, base: Path,
+                      device: torch.device):
+    from ..calibration import hf
+    from ..calibration.passes import CalibrationRecord, calibrate
+    from ..calibration.samples import draw_indices
+
+    spec = method.calibration
+    assert spec is not None
+    started = time.perf_counter()
+    if args.calibration is not None:
+        data = hf.read_token_file(args.calibration, tasks.num_tasks)
+        source = str(args.calibration)
+    else:
+        data = hf.read_text_file(args.calibration_text, tasks.num_tasks, base, args.calibration_max_length)
+        source = str(args.calibration_text)
+    model = hf.load_calibration_model(base).to(device)
+    vocab = int(model.config.vocab_size)
+    batches, counts = {}, {}
+    for task, (ids, mask) in data.items():
+        name = tasks.names[task]
+        keep = torch.as_tensor(draw_indices(spec, ids.shape[0], None, None, name)) if spec.draw == "choice" \
+            else torch.arange(spec.samples_used(ids.shape[0]))
+        batches[task] = hf.token_batches(ids[keep], None if mask is None else mask[keep], spec.batch_size,
+                                         vocab_size=vocab, task=name)
+        counts[name] = int(keep.numel())
+    keys = calibrate(method, tasks, model, lambda task: batches[task], hf.hf_forward, progress=not args.quiet)
+    del model
+    return CalibrationRecord(samples=counts, seed=spec.seed if spec.draw == "choice" else None, split="given",
+                             source=source, statistic=spec.statistic, keys=len(keys),
+                             seconds=time.perf_counter() - started)
 
 
 def _check_inputs(pretrained: Path, finetuned: list[Path]) -> list[Path]:
@@ -289,6 +402,7 @@ def run(args: argparse.Namespace) -> int:
     method = _build_method(args, choice)
     svd_keys, average_keys = _entry_rule_overrides(args, choice, method)
     _check_options(args, method)
+    _check_calibration_options(args, method)
     dtype = DTYPES[args.dtype] if args.dtype else None
     max_shard_bytes = parse_size(args.max_shard_size or "5GB")
     pretrained_path = resolve_source(args.pretrained)
@@ -307,9 +421,14 @@ def run(args: argparse.Namespace) -> int:
         check_rules_match(rules, {key: pretrained.shape(key) for key in pretrained})
         if collective.rank == 0 and (folder_base or method.task_specific):
             remove_stale_temporaries(args.out)
+        if method.calibration is not None and collective.world_size > 1:
+            raise ValueError(f"{method.name} calibrates on whole models: run it in a single process")
+        calibration = None
         if folder_base:
             assert isinstance(pretrained, HFModelFolder)
             tasks = _folder_tasks(pretrained, finetuned, args, device, rules, collective)
+            if method.calibration is not None:
+                calibration = _calibrate(args, method, tasks, inputs, folder_base, device)
             started = time.perf_counter()
             written = write_merged_folders(
                 method, tasks, pretrained, args.out, alpha=args.alpha, dtype=dtype, max_shard_bytes=max_shard_bytes,
@@ -318,6 +437,8 @@ def run(args: argparse.Namespace) -> int:
             stats = {"seconds": time.perf_counter() - started, **method.finalize(tasks)}
         else:
             tasks = TaskVectors(pretrained, finetuned, names=args.names, device=device, rules=rules)
+            if method.calibration is not None:
+                calibration = _calibrate(args, method, tasks, inputs, folder_base, device)
             result = merge(method, tasks, progress=not args.quiet)
             written = _write_outputs(args, result, pretrained, tasks, dtype, _record(args, inputs))
             stats = result.stats
@@ -326,6 +447,10 @@ def run(args: argparse.Namespace) -> int:
     where = f"{collective.world_size} processes" if collective.world_size > 1 else str(device)
     print(f"merged {tasks.num_tasks} tasks with {method.name} on {where} in {stats['seconds']:.1f} s; "
           f"{monitor.report.summary()}")
+    if calibration is not None:
+        per_task = sorted(set(calibration.samples.values()))
+        print(f"  calibration: {'/'.join(map(str, per_task))} samples per task from {calibration.source}, "
+              f"{calibration.keys} linear maps, {calibration.seconds:.1f} s")
     for path in written:
         print(f"  wrote {path}")
     if "storage" in stats:
@@ -378,7 +503,8 @@ def _write_outputs(args: argparse.Namespace, result, pretrained, tasks: TaskVect
                    dtype: torch.dtype | None = None, record: OutputRecord | None = None) -> list[Path]:
     """The merged model, or the folder of per-task models (complete or absent, never half-written)."""
     if not result.method.task_specific:
-        merged = apply_task_vector(pretrained, result.task_vector, args.alpha, inplace=True)
+        merged = apply_task_vector(pretrained, result.task_vector, args.alpha, inplace=True,
+                                   scaled=result.method.alpha_scaled)
         save_state_dict(_cast(merged, dtype), args.out)
         return [args.out]
     choice = _mask_choice(result.mask_labels, args.tall_lambda, result.method.name)

@@ -8,9 +8,11 @@ Reads top to bottom:
    (:mod:`tsvmerge.evaluation.run_inputs`);
 3. open the checkpoints once (memory-mapped) and build the image encoder from the zero-shot checkpoint;
 4. build each dataset and head once (:mod:`tsvmerge.evaluation.eval_data`);
-5. merge (the streaming engine of :mod:`tsvmerge.merging`);
-6. α sweep on the validation splits, the model rewritten in place for each α (or, for task-specific methods,
-   each task's own vector per mask choice λ), then the test splits at the chosen α / λ;
+5. data-aware methods (ESM, RegMean): each task's fine-tuned encoder run on a few samples of its own
+   (:mod:`tsvmerge.calibration`); then merge (the streaming engine of :mod:`tsvmerge.merging`);
+6. α sweep (or ESM's golden-section search) on the validation splits, the model rewritten in place for each α
+   (or, for task-specific methods, each task's own vector per mask choice λ), then the test splits at the chosen
+   α / λ;
 7. write the result JSON atomically (plus a copy in the Hydra run directory) and print a table.
 
 :func:`run_from_hydra` is what ``main.py`` runs under Hydra; :func:`run` is the run itself, also used by the analyses
@@ -34,7 +36,16 @@ from .. import __version__
 from ..checkpoints.state_dict import open_state_dict
 from ..checkpoints.tall_mask_files import save_tall_masks
 from ..config import ConfigError, to_container
-from ..evaluation.alpha_search import EarlyStopping, InPlaceWeights, alpha_grid, alpha_label
+from ..calibration.clip import calibrate_from_datasets
+from ..calibration.passes import CalibrationRecord
+from ..evaluation.alpha_search import (
+    EarlyStopping,
+    InPlaceWeights,
+    alpha_grid,
+    alpha_label,
+    golden_section_search,
+)
+from ..evaluation.data_regime import data_regime
 from ..evaluation.eval_data import EvalData, build_eval_data
 from ..evaluation.evaluate import Evaluator, Runtime
 from ..evaluation.metrics import first_best, metrics_section
@@ -99,6 +110,7 @@ def run(settings: RunSettings, run_dir: Path | None = None,
 
         tick = time.perf_counter()
         tasks = None
+        calibration: CalibrationRecord | None = None
         if not method.uses_finetuned:
             result = None
         else:
@@ -110,7 +122,14 @@ def run(settings: RunSettings, run_dir: Path | None = None,
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
             tasks = TaskVectors(theta0, finetuned, names=datasets, device=runtime.device, rules=rules)
-            result = merge(method.for_benchmark(spec.name, len(datasets)), tasks, progress=progress)
+            method = method.for_benchmark(spec.name, len(datasets))
+            if method.calibration is not None:
+                calibration = calibrate_from_datasets(
+                    method, tasks, evaluator.encoder, datasets, prep.pil, prep.normalize,
+                    data_location=settings.data_location, samples=settings.calibration_samples,
+                    seed=settings.calibration_seed, progress=progress)
+                timing["calibration_s"] = calibration.seconds
+            result = merge(method, tasks, progress=progress)
         timing["merge_s"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -119,6 +138,8 @@ def run(settings: RunSettings, run_dir: Path | None = None,
             choice = _choose_per_task(bench, method, result)
             masks = _mask_file_record(settings, method, result, tasks, choice.chosen, mask_file)
             selection = _test_per_task(bench, result, choice, float(method.default_alpha), masks)
+        elif result is not None and method.alpha_search == "golden" and settings.specify_lambda is None:
+            selection = _search_alpha(bench, method, result)
         else:
             alphas = ([float(method.default_alpha)] if result is None
                       else alpha_grid(method, settings.n_eval_points, settings.specify_lambda))
@@ -126,6 +147,9 @@ def run(settings: RunSettings, run_dir: Path | None = None,
         alpha = selection.alpha
         timing["evaluation_s"] = time.perf_counter() - tick
         timing["total_s"] = time.perf_counter() - started
+        samples = None if calibration is None else max(calibration.samples.values())
+        regime = data_regime(samples, len(selection.alpha_grid),
+                             len(selection.val) if selection.task_choices is not None else 0)
 
         payload = ResultFile(
             model=spec.name,
@@ -137,8 +161,9 @@ def run(settings: RunSettings, run_dir: Path | None = None,
             alpha=alpha,
             alpha_grid=selection.alpha_grid,
             task_choices=selection.task_choices,
-            selection=("per task: best validation top-1 over the mask choices" if selection.task_choices is not None
-                       else "alpha maximizing val avg_normalized_top1 (first maximum)"),
+            selection=selection.rule,
+            data_regime=regime,
+            calibration=None if calibration is None else calibration.to_json(),
             test=selection.test,
             val=selection.val,
             val_best=selection.val_best,
@@ -158,7 +183,8 @@ def run(settings: RunSettings, run_dir: Path | None = None,
     finally:
         tracker.finish()
     table = format_table(selection.test, datasets, selection.val_best, selection.task_choices,
-                         title=f"{spec.name} | {settings.method_full_name} | {len(datasets)} tasks | α={alpha:g}")
+                         title=f"{spec.name} | {settings.method_full_name} | {len(datasets)} tasks | α={alpha:g}",
+                         data_regime=regime)
     return MergeEvalOutcome(payload, path, copies, table)
 
 
@@ -196,6 +222,8 @@ class Selection:
     test: dict[str, float]
     task_choices: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: How the choice was made, in the result file's words.
+    rule: str = "alpha maximizing val avg_normalized_top1 (first maximum)"
 
 
 @dataclass
@@ -213,12 +241,12 @@ def _select_alpha(bench: EvalBench, method: MergeMethod, result: MergeResult | N
                   alphas: list[float]) -> Selection:
     """One τMT for every task: the α grid on validation (early stopping when the method declares it), test at the
     best α. ``result`` None: the zero-shot model θ0 itself."""
-    tau = {} if result is None else {k: v.to(bench.evaluator.runtime.device)
-                                     for k, v in (result.task_vector or {}).items()}
+    tau = _device_task_vector(bench, result)
+    unscaled = _unscaled(method, tau)
     stopping = EarlyStopping(method.alpha_sweep_patience() if len(alphas) > 1 else None)
     val_sections: dict[str, dict[str, float]] = {}
     for step, alpha in enumerate(tqdm(alphas, desc="α sweep (val)", disable=not bench.progress, unit="α")):
-        bench.weights.set(tau, alpha)
+        bench.weights.set(tau, alpha, unscaled=unscaled)
         section = metrics_section(bench.top1_all("val", f"α={alpha:g}"), bench.ft_accuracies)
         val_sections[alpha_label(alpha)] = section
         bench.tracker.log({"alpha": alpha, **{f"val/{k}": v for k, v in section.items()}}, step=step)
@@ -236,9 +264,50 @@ def _select_alpha(bench: EvalBench, method: MergeMethod, result: MergeResult | N
     alpha = alphas[first_best([s["avg_normalized_top1"] for s in val_sections.values()])]
     for split in bench.data.val.values():
         split.release()
-    bench.weights.set(tau, alpha)
+    bench.weights.set(tau, alpha, unscaled=unscaled)
     test = metrics_section(bench.top1_all("test", f"test α={alpha:g}"), bench.ft_accuracies)
     return Selection(alpha, alphas, val_sections, dict(val_sections[alpha_label(alpha)]), test, None, extra)
+
+
+def _device_task_vector(bench: EvalBench, result: MergeResult | None) -> dict[str, Any]:
+    if result is None:
+        return {}
+    return {k: v.to(bench.evaluator.runtime.device) for k, v in (result.task_vector or {}).items()}
+
+
+def _unscaled(method: MergeMethod, tau: Mapping[str, Any]) -> frozenset[str]:
+    """Entries of τMT that α does not multiply (ESM scales only its decomposed maps)."""
+    return frozenset(key for key in tau if not method.alpha_scaled(key))
+
+
+def _search_alpha(bench: EvalBench, method: MergeMethod, result: MergeResult) -> Selection:
+    """ESM's golden-section search on [0, alpha_grid_max] (SPEC_ESM E7): the bracket follows the validation mean
+    absolute top-1, α is the first maximum of the mean normalized top-1 among the 14 values evaluated."""
+    tau = _device_task_vector(bench, result)
+    unscaled = _unscaled(method, tau)
+    val_sections: dict[str, dict[str, float]] = {}
+    bar = tqdm(total=14, desc="α search (val)", disable=not bench.progress, unit="α")
+
+    def evaluate(alpha: float) -> tuple[float, float]:
+        bench.weights.set(tau, alpha, unscaled=unscaled)
+        section = metrics_section(bench.top1_all("val", f"α={alpha:.4f}"), bench.ft_accuracies)
+        bench.tracker.log({"alpha": alpha, **{f"val/{k}": v for k, v in section.items()}}, step=len(val_sections))
+        val_sections[alpha_label(alpha)] = section
+        log.info("val α=%.6f: avg top1 %.4f, avg normalized %.4f", alpha, section["avg_top1"],
+                 section["avg_normalized_top1"])
+        bar.update()
+        return section["avg_top1"], section["avg_normalized_top1"]
+
+    search = golden_section_search(evaluate, 0.0, float(method.alpha_grid_max or 2.0))
+    bar.close()
+    for split in bench.data.val.values():
+        split.release()
+    alpha = search.chosen
+    bench.weights.set(tau, alpha, unscaled=unscaled)
+    test = metrics_section(bench.top1_all("test", f"test α={alpha:.4f}"), bench.ft_accuracies)
+    return Selection(alpha, search.points, val_sections, dict(val_sections[alpha_label(alpha)]), test, None,
+                     rule="golden-section search on [0, 2] following val avg_top1; alpha maximizing val "
+                          "avg_normalized_top1 among the evaluated (first maximum)")
 
 
 def _choose_per_task(bench: EvalBench, method: MergeMethod, result: MergeResult) -> PerTaskChoice:
@@ -292,7 +361,7 @@ def _test_per_task(bench: EvalBench, result: MergeResult, choice: PerTaskChoice,
     bench.weights.reset()
     choices = {d: choice.labels[c] for d, c in zip(bench.datasets, choice.chosen)}
     return Selection(alpha, [alpha], choice.val, choice.val_best, metrics_section(test_accs, bench.ft_accuracies),
-                     choices, extra)
+                     choices, extra, rule="per task: best validation top-1 over the mask choices")
 
 
 # ------------------------------------------------------------------------------------------------ command line

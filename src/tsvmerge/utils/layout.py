@@ -33,7 +33,7 @@ LAYERS: tuple[str, ...] = (
     "checkpoints", "data",
     "merging", "models",
     "download",
-    "evaluation", "training", "plotting",
+    "evaluation", "calibration", "training", "plotting",
     "analysis",
     "demo",
     "recipes",
