@@ -3,12 +3,15 @@
     python bench/merge_llm.py --hidden 2048 --layers 16 --vocab 32000 --tasks 3 --method sum ties TSVM
     python bench/merge_llm.py --hidden 256 --layers 4 --vocab 1000 --method sum --device cuda
     python bench/merge_llm.py ... --mergekit /work/mkvenv/bin/mergekit-yaml   # also mergekit's task_arithmetic
+    python bench/merge_llm.py --hidden 1024 --layers 8 --method TSVM esm regmean   # 32 texts × 128 tokens per task
 
 θ0 and its fine-tunes are built once into a cache folder, laid out as ``save_pretrained`` writes a Llama model
 (config.json, model-0000k-of-0000n.safetensors, model.safetensors.index.json); each fine-tune moves every matrix by
 a low-rank-plus-noise delta and every vector by noise. Each merge runs as a fresh ``tsvmerge merge`` process (or
 ``mergekit-yaml``) whose wall time, peak RSS and peak anonymous memory (RssAnon: what it allocates, the
 memory-mapped inputs excluded) are sampled from /proc; input GB/s is (T + 1) × model bytes / wall time.
+The data-aware methods (esm, regmean) get ``--calibration`` with ``--calibration-texts`` sequences of
+``--calibration-tokens`` random token ids per task (seeded), so their time includes the calibration pass.
 """
 
 from __future__ import annotations
@@ -135,6 +138,14 @@ def run_tsvmerge(method: str, pre: Path, fts: list[Path], out: Path, device: str
     return measured(command)
 
 
+def calibration_file(folder: Path, tasks: int, texts: int, tokens: int, vocab: int) -> Path:
+    """Random token ids [texts, tokens] per task, keyed '0', '1', ... as ``tsvmerge merge --calibration`` reads them."""
+    generator = torch.Generator().manual_seed(0)
+    path = folder / "calibration.pt"
+    torch.save({str(t): torch.randint(0, vocab, (texts, tokens), generator=generator) for t in range(tasks)}, path)
+    return path
+
+
 def run_mergekit(executable: str, pre: Path, fts: list[Path], out: Path, device: str) -> dict:
     """mergekit's task_arithmetic (weight 1 per task, no normalization) on the same folders."""
     lines = ["merge_method: task_arithmetic", f"base_model: {pre}", "dtype: bfloat16", "parameters:",
@@ -165,6 +176,8 @@ def main() -> None:
     parser.add_argument("--mergekit", default=None, help="path of mergekit-yaml (its own venv) to compare with")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--calibration-texts", type=int, default=32, help="data-aware methods: sequences per task")
+    parser.add_argument("--calibration-tokens", type=int, default=128, help="data-aware methods: tokens each")
     args = parser.parse_args()
     args.heads = args.heads or max(1, args.hidden // 64)
     args.kv_heads = args.kv_heads or max(1, args.heads // 4)
@@ -175,10 +188,19 @@ def main() -> None:
     print(f"model: {folder_bytes(pre) / 1e9:.2f} GB bf16, {args.tasks} fine-tunes; reading {read_bytes / 1e9:.2f} GB "
           f"per merge on {args.device}")
     results = []
+    from tsvmerge.merging import method_class
+
     with tempfile.TemporaryDirectory(dir=args.cache) as scratch:
-        runs = [(m, lambda out, m=m: run_tsvmerge(m, pre, fts, out, args.device,
-                                                   ["--svd", args.svd] if args.svd and m.startswith("TSVM") else []))
-                for m in args.method]
+        calibration = calibration_file(Path(scratch), args.tasks, args.calibration_texts, args.calibration_tokens,
+                                       args.vocab)
+
+        def extra(method: str) -> list[str]:
+            options = ["--svd", args.svd] if args.svd and method.startswith("TSVM") else []
+            if method_class(method).calibration is not None:
+                options += ["--calibration", str(calibration)]
+            return options
+
+        runs = [(m, lambda out, m=m: run_tsvmerge(m, pre, fts, out, args.device, extra(m))) for m in args.method]
         if args.mergekit:
             runs.append(("mergekit task_arithmetic", lambda out: run_mergekit(args.mergekit, pre, fts, out,
                                                                                args.device)))

@@ -54,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             params = ", ".join(f"{k}={v!r}" for k, v in method_parameters(name).items()) or "-"
             print(f"{name:26s} {method_label(name)}" + (f" — {reference}" if reference else ""))
             print(f"{'':26s} {params}")
+            needs = method_class(name).calibration
+            if needs is not None:
+                print(f"{'':26s} data: {needs.samples} unlabeled samples per task ({needs.split} split, seed "
+                      f"{needs.seed}); tsvmerge merge --calibration / --calibration-text")
         return 0
     if args.command in ("download", "doctor"):
         return run_main(PROG, lambda: args.run(args), user_errors=(ValueError,))  # bad arguments

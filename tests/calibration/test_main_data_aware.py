@@ -67,3 +67,20 @@ def test_more_samples_than_the_split_has_is_refused(world: World, monkeypatch: p
                            f"ft_accuracies={world.ft_accuracies}", run_dir=tmp_path / "run")
     assert run_main(args, monkeypatch) == 2
     assert "holds only" in capsys.readouterr().err
+
+
+def test_analyses_merge_the_data_aware_methods_too(world: World, monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    """analyze.py's merges run the calibration pass as main.py does: the α heat map of ESM and RegMean at α = 1
+    equals main.py's test numbers at the same α, and the merged spectra include them."""
+    from tests.analysis.conftest import analyze_args, run_analyze
+
+    args = analyze_args(world, tmp_path, "analysis=alpha_heatmap", "analysis.methods=[esm,regmean]",
+                        f"analysis.subsets=[[{','.join(world.datasets)}]]", "analysis.alphas=[1.0]")
+    assert run_analyze(args, monkeypatch) == 0
+    sweep = load(next((tmp_path / "results").rglob("alpha_heatmap_test_*.json")))["methods"]
+    for method in ("esm", "regmean"):
+        payload = _run(world, monkeypatch, tmp_path / method, f"method={method}", "specify_lambda=1.0")
+        assert sweep[method]["subsets"][0]["avg_top1"][0] == pytest.approx(payload["test"]["avg_top1"])
+    args = analyze_args(world, tmp_path / "spectra", "analysis=merged_spectra", "analysis.methods=[esm,regmean]")
+    assert run_analyze(args, monkeypatch) == 0

@@ -18,7 +18,7 @@ from ..data import benchmark_tasks, task_list
 from ..evaluation.alpha_search import alpha_grid
 from ..evaluation.metrics import first_best, metrics_section
 from ..merging import TaskVectors, build_method, merge
-from .common import EvalSession
+from .common import EvalSession, calibrate_if_needed
 
 __all__ = ["alpha_sweep", "resolve_subsets"]
 
@@ -74,6 +74,7 @@ def alpha_sweep(session: EvalSession, subsets: Sequence[tuple[str, Sequence[str]
     index = {d: i for i, d in enumerate(session.datasets)}
     grids: dict[str, list[float]] = {}
     merged: dict[tuple[str, int], dict[str, Any]] = {}
+    unscaled: dict[tuple[str, int], frozenset[str]] = {}  # entries α does not multiply (ESM)
     for name, params in methods.items():
         method = build_method(name, dict(params))
         if method.task_specific:
@@ -82,8 +83,12 @@ def alpha_sweep(session: EvalSession, subsets: Sequence[tuple[str, Sequence[str]
         for s, (label, datasets) in enumerate(subsets):
             tasks = TaskVectors(session.tasks.pretrained, [session.tasks.finetuned[index[d]] for d in datasets],
                                 names=list(datasets), device=session.tasks.device)
-            result = merge(build_method(name, dict(params)), tasks, progress=progress)
+            subset_method = build_method(name, dict(params))
+            calibrate_if_needed(subset_method, tasks, session.settings, datasets, session.evaluator.encoder,
+                                session.preprocess)
+            result = merge(subset_method, tasks, progress=progress)
             merged[(name, s)] = result.task_vector or {}
+            unscaled[(name, s)] = frozenset(k for k in merged[(name, s)] if not subset_method.alpha_scaled(k))
     # top1[(method, subset)][dataset] = [top-1 at each α]
     top1: dict[tuple[str, int], dict[str, list[float]]] = {key: {} for key in merged}
     device = session.evaluator.runtime.device
@@ -96,7 +101,7 @@ def alpha_sweep(session: EvalSession, subsets: Sequence[tuple[str, Sequence[str]
             scores = []
             for alpha in tqdm(grids[name], desc=f"{name} {subsets[s][0]} {d}", disable=not progress, leave=False,
                               unit="α"):
-                session.set_weights(on_device, alpha)
+                session.set_weights(on_device, alpha, unscaled[(name, s)])
                 scores.append(session.top1(d, f"α={alpha:g}"))
             top1[(name, s)][d] = scores
             del on_device

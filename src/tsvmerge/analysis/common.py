@@ -21,7 +21,7 @@ from ..checkpoints.state_dict import open_state_dict
 from ..config import ConfigError
 from ..evaluation.run_settings import RunSettings
 from ..data import is_benchmark_prefix
-from ..merging import TaskVectors
+from ..merging import MergeMethod, TaskVectors
 from ..merging.entry_rules import EntryRules, rules_for
 from ..merging.interference import transformer_block
 from ..merging.task_vectors import TaskEntry
@@ -114,6 +114,8 @@ class EvalSession:
     data: Any
     ft_accuracies: dict[str, float]
     tasks: TaskVectors | None
+    #: The evaluation preprocessing (PIL side and on-device normalization), also what a calibration pass uses.
+    preprocess: Any = None
 
     @classmethod
     def open(cls, settings: RunSettings, datasets: Sequence[str], split: str = "test",
@@ -155,7 +157,7 @@ class EvalSession:
         if finetuned:
             tasks = TaskVectors(theta0, [open_state_dict(p) for p in finetuned_paths], names=datasets,
                                 device=runtime.device, rules=run_entry_rules(settings, theta0))
-        return cls(settings, datasets, split, evaluator, weights, data, accuracies, tasks)
+        return cls(settings, datasets, split, evaluator, weights, data, accuracies, tasks, prep)
 
     def _split(self, dataset: str) -> Any:
         return (self.data.val if self.split == "val" else self.data.test)[dataset]
@@ -184,5 +186,24 @@ class EvalSession:
         return top1 / self.ft_accuracies[self.split_name(dataset)]
 
     def set_weights(self, vectors: Mapping[str, torch.Tensor] | Iterator[tuple[str, torch.Tensor]],
-                    alpha: float = 1.0) -> None:
-        self.weights.set(vectors, alpha)
+                    alpha: float = 1.0, unscaled: frozenset[str] = frozenset()) -> None:
+        self.weights.set(vectors, alpha, unscaled=unscaled)
+
+
+def calibrate_if_needed(method: MergeMethod, tasks: TaskVectors, settings: RunSettings, datasets: Sequence[str],
+                        encoder: torch.nn.Module | None = None, preprocess: Any = None) -> None:
+    """Run a data-aware method's calibration pass (ESM, RegMean) as main.py does: each task's samples drawn from its
+    own splits (``calibration.samples`` / ``calibration.seed``); nothing for a data-free method. Without
+    ``encoder`` one is built from θ0 for the pass."""
+    if method.calibration is None:
+        return
+    from ..calibration.clip import calibrate_from_datasets
+    from ..models.encoder import build_image_encoder
+    from ..models.preprocess import split_preprocess
+
+    if encoder is None or preprocess is None:
+        encoder, transform = build_image_encoder(settings.model, tasks.pretrained)
+        preprocess = split_preprocess(transform)
+    calibrate_from_datasets(method, tasks, encoder, list(datasets), preprocess.pil, preprocess.normalize,
+                            data_location=settings.data_location, samples=settings.calibration_samples,
+                            seed=settings.calibration_seed, progress=settings.progress)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -106,20 +106,23 @@ def spectrum_summary(singular_values: torch.Tensor, shape: Sequence[int]) -> dic
 
 # ------------------------------------------------------------------------------------------------- all methods
 
-def merged_spectra(tasks: TaskVectors, methods: Mapping[str, MergeMethod], *,
-                   progress: bool = False) -> dict[str, Any]:
+def merged_spectra(tasks: TaskVectors, methods: Mapping[str, MergeMethod], *, progress: bool = False,
+                   calibrate: Callable[[MergeMethod], None] | None = None) -> dict[str, Any]:
     """Merge ``tasks`` with every method (name -> configured method) and take the spectrum of each 2-D entry of
     its τMT (α not applied: it scales a spectrum without changing its shape).
 
     Returns ``{"tasks", "methods": {name: {"run_name", "params"}}, "per_entry": {key: {"shape", "label",
     "block_index", "singular_values": {method: [σ1 ≥ ...]}, "summary": {method: spectrum_summary}}}}``, entries in
-    state-dict order (entries no task changed are absent: every method's τMT is zero there).
+    state-dict order (entries no task changed are absent: every method's τMT is zero there). ``calibrate`` runs the
+    calibration pass of each data-aware method (ESM, RegMean) before its merge.
     """
     problems = [p for p in (shared_vector_problem(type(m)) for m in methods.values()) if p]
     if problems:
         raise ValueError("; ".join(problems))
     per_entry: dict[str, dict[str, Any]] = {}
     for name, method in methods.items():
+        if calibrate is not None:
+            calibrate(method)
         task_vector = merge(method, tasks, progress=progress).task_vector or {}
         matrices = [(k, v) for k, v in task_vector.items() if v.ndim == 2]
         for key, tau in tqdm(matrices, desc=f"spectra ({name})", disable=not progress, unit="entry"):

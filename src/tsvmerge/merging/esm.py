@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .svd import polar_factor, thin_svd, top_components
+from .svd import polar_factor, thin_svd
 
 __all__ = ["EssentialSubspace", "esm_merge_matrix", "essential_subspace", "interlayer_factors",
            "interlayer_group", "mean_singular_value_and_polar"]
@@ -39,8 +39,8 @@ def essential_subspace(x: Tensor, delta: Tensor, k: int) -> EssentialSubspace:
 
     The authors take the thin SVD of ΔO = X ΔWᵀ ([N, m]) and, when N < m, pad its r = N right singular vectors with
     the unit vectors e_{r+1} … e_m (eigenvalue 0). Here X is first reduced to the R of its QR factorization when N
-    exceeds n_in (ΔO = Q_x · R ΔWᵀ: the same singular values and right singular vectors), and only the top k are
-    computed (the certified truncated SVD of :mod:`.svd`).
+    and m both exceed n_in (ΔO = Q_x · R ΔWᵀ: the same singular values and right singular vectors), and only the top k
+    are kept.
 
     ν² sums ‖bⱼᵀ ΔW‖² over the r directions and ‖ΔW[j, :]‖² over the padded rows j ≥ r. The r directions span the row
     space of ΔO, which is the range of ΔW whenever X has full column rank; their null completions (r > rank) are
@@ -53,18 +53,19 @@ def essential_subspace(x: Tensor, delta: Tensor, k: int) -> EssentialSubspace:
         raise ValueError(f"k = {k}: the map has fewer output rows ({m}) than there are tasks")
     x = x.to(torch.float32)
     delta = delta.to(x.device, torch.float32)
-    reduced = torch.linalg.qr(x, mode="r")[1] if rows > n_in else x
-    shift = reduced @ delta.mT  # [min(N, n_in), m]: ΔO up to an orthogonal factor on the left
+    # ΔO itself when it is the smaller product; else R ΔWᵀ ([n_in, m]): ΔO up to an orthogonal factor on the left
+    reduced = torch.linalg.qr(x, mode="r")[1] if rows > n_in and m > n_in else x
+    shift = reduced @ delta.mT
     r = min(rows, m)
     available = min(shift.shape)
     norm_sq = delta.square().sum()
     if r < m:
         norm_sq = norm_sq + delta[r:].square().sum()
+    # A full thin SVD: at ESM's k (a third to half of the spectrum, or more) as fast as a truncated one (measured).
+    directions, sigma, _ = thin_svd(shift.mT)  # left vectors of (ΔO)ᵀ: ΔO's right singular vectors
     if k <= available:
-        _, sigma, directions = top_components(shift.unsqueeze(0), k)
-        sigma, directions = sigma[0], directions[0]
-        return EssentialSubspace(directions, sigma.square(), float(norm_sq.sqrt()), bool(sigma[-1] > 0))
-    directions, sigma, _ = thin_svd(shift.mT)
+        kept, values = directions[:, :k].clone(), sigma[:k].square()  # copies: no view keeps the whole basis
+        return EssentialSubspace(kept, values, float(norm_sq.sqrt()), bool(sigma[k - 1] > 0))
     kept, eigenvalues = _complete(directions, sigma.square(), k, r, m)
     return EssentialSubspace(kept, eigenvalues, float(norm_sq.sqrt()), False)
 
@@ -87,24 +88,12 @@ def _complete(directions: Tensor, eigenvalues: Tensor, k: int, r: int, m: int) -
 def mean_singular_value_and_polar(A: Tensor) -> tuple[float, Tensor]:
     """s̄(A), the mean of A's min(rows, cols) singular values, and its polar factor P Rᵀ (A = P diag(s) Rᵀ).
 
-    ESM's Û is square for its two largest maps (T·⌊m/T⌋ = m columns), where an SVD costs twice an eigendecomposition
-    of the Gram matrix: AᵀA = R diag(s²) Rᵀ gives s and, as A R diag(1/s) Rᵀ, the polar factor. That route is taken
-    when the eigenvalues certify it (cond(A)² ≤ 1 / _GRAM_MIN_EIG_RATIO, so float32 loses at most ~1e-5); otherwise
-    the polar factor of :mod:`.svd` and s̄ = tr(polarᵀ A) / min(rows, cols).
+    With the polar factor Ω, Ωᵀ A = R diag(s) Rᵀ, so s̄ is its trace over min(rows, cols): no second decomposition.
+    (ESM's Û is square for its two largest maps and, over a few tasks, ill-conditioned (cond ~ 10³–10⁴ measured):
+    the Gram route cannot be certified there, so :func:`~.svd.polar_factor` takes the SVD.)
     """
-    if A.shape[-2] < A.shape[-1]:
-        mean, polar = mean_singular_value_and_polar(A.mT)
-        return mean, polar.mT
-    eigvals, vectors = torch.linalg.eigh(A.mT @ A)
-    if bool(eigvals[0] >= _GRAM_MIN_EIG_RATIO * eigvals[-1]) and bool(eigvals[-1] > 0):
-        polar = A @ ((vectors * eigvals.rsqrt()) @ vectors.mT)
-        return float(eigvals.sqrt().mean()), polar
     polar = polar_factor(A)
     return float((polar * A).sum()) / min(A.shape), polar
-
-
-#: Smallest eigenvalue ratio of AᵀA (1 / cond(A)²) for which the polar factor is taken from the float32 Gram.
-_GRAM_MIN_EIG_RATIO = 1e-2
 
 
 def esm_merge_matrix(deltas: Tensor, subspaces: Sequence[EssentialSubspace], *, eig_exponent: float = 0.15,

@@ -288,7 +288,11 @@ def run_merged_spectra(ws: Workspace, p: MergedSpectraParams) -> list[Path]:
 
     methods = {name: _configured_method(ws, name) for name in p.methods}  # every config checked before any work
     out, tag = ws.output_dir("merged_spectra", p.out_dir), tasks_tag(ws.datasets)
-    spectra = merged_spectra(open_task_vectors(ws.settings), methods, progress=_progress(ws))
+    from ..analysis.common import calibrate_if_needed
+
+    tasks = open_task_vectors(ws.settings)
+    spectra = merged_spectra(tasks, methods, progress=_progress(ws),
+                             calibrate=lambda method: calibrate_if_needed(method, tasks, ws.settings, ws.datasets))
     spectra["overview"] = method_overview(spectra)
     keys = select_layers(spectra["per_entry"], p.layers, p.max_panels)
     labels = {m: method_label(m) for m in p.methods}
