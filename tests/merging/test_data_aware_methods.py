@@ -78,6 +78,9 @@ def test_esm_alpha_scales_only_the_decomposed_maps_in_written_models() -> None:
     method = build_method("esm")
     _calibrate(method, tasks, _esm_stats(activations))
     tau = merge(method, tasks, progress=False).task_vector
+    with pytest.raises(CalibrationError, match="again"):
+        merge(method, tasks, progress=False)  # the statistics are consumed by a merge
+    _calibrate(method, tasks, _esm_stats(activations))
     method.prepare(tasks)
     streamed = dict(stream_merged_entries(method, tasks, tasks.keys, alpha=0.5))
     for key in tasks.keys:

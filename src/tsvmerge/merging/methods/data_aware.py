@@ -113,6 +113,9 @@ class ESM(_Calibrated):
 
     def prepare(self, tasks: TaskVectors, *, progress: bool = False, workers: int | None = None) -> None:
         self._check_complete(tasks)
+        if len(self._subspaces) < len(self._keys):
+            raise CalibrationError(f"{self.name}: the calibration statistics were used by an earlier merge; run the "
+                                   "calibration pass again")
 
     def alpha_scaled(self, key: str) -> bool:
         return key in self._seen if hasattr(self, "_seen") else True
@@ -122,8 +125,11 @@ class ESM(_Calibrated):
 
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
         if entry.key in self._seen:
-            subspaces = self._subspaces[entry.key]
-            assert all(sub is not None for sub in subspaces)
+            # consumed: each map's subspaces are freed as soon as it is merged (they are most of ESM's memory)
+            subspaces = self._subspaces.pop(entry.key, None)
+            if subspaces is None or any(sub is None for sub in subspaces):
+                raise CalibrationError(f"{self.name}: {entry.key!r} was merged already; run the calibration pass "
+                                       "again before merging again")
             merged = esm_merge_matrix(entry.deltas(), subspaces,  # type: ignore[arg-type]
                                       eig_exponent=self.eig_exponent, norm_power=self.norm_power, scale=self.scale)
             return EntryMerge(task_vector=merged)
