@@ -44,26 +44,28 @@ def _esm_stats(activations: list[dict[str, np.ndarray]]) -> list[dict[str, Input
             for a in activations]
 
 
+def _esm_merged(seed: int) -> tuple[TaskVectors, dict, object, dict]:
+    """The fixture of SPEC_ESM E10.9 (seed 2026) or another draw, calibrated and merged: tasks, θ0, method, τMT."""
+    _, task_vectors, activations = build_fixture(seed)
+    tasks, theta0 = _tasks(task_vectors)
+    method = build_method("esm")
+    _calibrate(method, tasks, _esm_stats(activations))
+    return tasks, theta0, method, merge(method, tasks, progress=False).task_vector
+
+
 @pytest.mark.parametrize("seed", [2026, 7])
 def test_esm_matches_the_reference_given_activations(seed: int) -> None:
     """SPEC_ESM E8: ≤ 1e-5 relative per entry given the activations (the worked example E10.9 for seed 2026)."""
+    tau = _esm_merged(seed)[3]
     _, task_vectors, activations = build_fixture(seed)
-    tasks, _ = _tasks(task_vectors)
-    method = build_method("esm")
-    _calibrate(method, tasks, _esm_stats(activations))
-    result = merge(method, tasks, progress=False)
     expected = ref_esm.esm_merge(task_vectors, activations)
-    assert set(result.task_vector) == set(expected), "no entry missing or extra"
+    assert set(tau) == set(expected), "no entry missing or extra"
     for key, value in expected.items():
-        assert _relative(result.task_vector[key], value) < 1e-5, key
+        assert _relative(tau[key], value) < 1e-5, key
 
 
 def test_esm_worked_example_numbers() -> None:
-    _, task_vectors, activations = build_fixture(2026)
-    tasks, _ = _tasks(task_vectors)
-    method = build_method("esm")
-    _calibrate(method, tasks, _esm_stats(activations))
-    tau = merge(method, tasks, progress=False).task_vector
+    tau = _esm_merged(2026)[3]
     rb = "model.visual.transformer.resblocks."
     assert float(tau[f"{rb}0.attn.in_proj_weight"].norm()) == pytest.approx(2.654374, rel=1e-5)
     assert float(tau[f"{rb}0.mlp.c_fc.weight"][0, 0]) == pytest.approx(-0.732533, abs=1e-5)
@@ -73,11 +75,8 @@ def test_esm_worked_example_numbers() -> None:
 
 def test_esm_alpha_scales_only_the_decomposed_maps_in_written_models() -> None:
     """SPEC_ESM E7/E10.8: θ0 + α·τMT on the ESD keys, θ0 + τMT elsewhere, also when streamed to a folder."""
-    _, task_vectors, activations = build_fixture(2026)
-    tasks, theta0 = _tasks(task_vectors)
-    method = build_method("esm")
-    _calibrate(method, tasks, _esm_stats(activations))
-    tau = merge(method, tasks, progress=False).task_vector
+    tasks, theta0, method, tau = _esm_merged(2026)
+    activations = build_fixture(2026)[2]
     with pytest.raises(CalibrationError, match="again"):
         merge(method, tasks, progress=False)  # the statistics are consumed by a merge
     _calibrate(method, tasks, _esm_stats(activations))

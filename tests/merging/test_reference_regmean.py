@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from tests.merging import reference_regmean as ref
+from tests.merging.test_reference_esm import vit_b32_shapes
 
 RB = "model.visual.transformer.resblocks."
 KEY_W = RB + "0.mlp.c_fc.weight"  # a RegMean key, [out, in]
@@ -161,44 +162,6 @@ def test_attention_context_matches_torch(width, heads, batch, tokens, seed):
 
 
 # ----------------------------------------------------------------------------------------------- R8.1 key classes
-def vit_b32_shapes() -> dict[str, tuple]:
-    w = 768
-    shapes = {
-        "model.positional_embedding": (77, 512),
-        "model.text_projection": (512, 512),
-        "model.logit_scale": (),
-        "model.token_embedding.weight": (49408, 512),
-        "model.ln_final.weight": (512,),
-        "model.ln_final.bias": (512,),
-        "model.visual.class_embedding": (w,),
-        "model.visual.positional_embedding": (50, w),
-        "model.visual.proj": (w, 512),
-        "model.visual.conv1.weight": (w, 3, 32, 32),
-        "model.visual.ln_pre.weight": (w,),
-        "model.visual.ln_pre.bias": (w,),
-        "model.visual.ln_post.weight": (w,),
-        "model.visual.ln_post.bias": (w,),
-    }
-    for layer in range(12):
-        p = f"{RB}{layer}."
-        for name, shape in [
-            ("ln_1.weight", (w,)),
-            ("ln_1.bias", (w,)),
-            ("attn.in_proj_weight", (3 * w, w)),
-            ("attn.in_proj_bias", (3 * w,)),
-            ("attn.out_proj.weight", (w, w)),
-            ("attn.out_proj.bias", (w,)),
-            ("ln_2.weight", (w,)),
-            ("ln_2.bias", (w,)),
-            ("mlp.c_fc.weight", (4 * w, w)),
-            ("mlp.c_fc.bias", (4 * w,)),
-            ("mlp.c_proj.weight", (w, 4 * w)),
-            ("mlp.c_proj.bias", (w,)),
-        ]:
-            shapes[p + name] = shape
-    return shapes
-
-
 def test_key_classes_vit_b32():
     shapes = vit_b32_shapes()
     keys = ref.regmean_keys(shapes)

@@ -41,6 +41,9 @@ class _Calibrated(MergeMethod):
     def _delta(self, task: int, key: str) -> torch.Tensor:
         return self._tasks.entry(key).delta(task)
 
+    def prepare(self, tasks: TaskVectors, *, progress: bool = False, workers: int | None = None) -> None:
+        self._check_complete(tasks)
+
     def _check_complete(self, tasks: TaskVectors) -> None:
         keys = getattr(self, "_keys", None)
         if keys is None or getattr(self, "_tasks", None) is not tasks:
@@ -112,7 +115,7 @@ class ESM(_Calibrated):
         self._seen[key].add(task)
 
     def prepare(self, tasks: TaskVectors, *, progress: bool = False, workers: int | None = None) -> None:
-        self._check_complete(tasks)
+        super().prepare(tasks, progress=progress, workers=workers)
         if len(self._subspaces) < len(self._keys):
             raise CalibrationError(f"{self.name}: the calibration statistics were used by an earlier merge; run the "
                                    "calibration pass again")
@@ -196,9 +199,6 @@ class RegMean(_Calibrated):
             sums = self._sums[key] = RegressionSums.empty(*delta.shape)
         sums.add(task, delta, statistic.gram, self.reduce_non_diagonal_ratio, statistic.count)
         self._seen[key].add(task)
-
-    def prepare(self, tasks: TaskVectors, *, progress: bool = False, workers: int | None = None) -> None:
-        self._check_complete(tasks)
 
     def elementwise_on(self, entry: TaskEntry) -> bool:
         return entry.key not in self._seen
