@@ -188,7 +188,7 @@ def main() -> None:
     print(f"model: {folder_bytes(pre) / 1e9:.2f} GB bf16, {args.tasks} fine-tunes; reading {read_bytes / 1e9:.2f} GB "
           f"per merge on {args.device}")
     results = []
-    from tsvmerge.merging import method_class
+    from tsvmerge.merging.registry import method_class
 
     with tempfile.TemporaryDirectory(dir=args.cache) as scratch:
         calibration = calibration_file(Path(scratch), args.tasks, args.calibration_texts, args.calibration_tokens,
