@@ -15,7 +15,7 @@ from ..data import get_dataset
 from ..merging import MergeMethod, TaskVectors
 from ..merging.calibration import CalibrationError
 from .passes import Batch, CalibrationRecord, calibrate
-from .samples import draw_indices, read_image_file, split_batches, stack_images
+from .samples import draw_indices, given_indices, read_image_file, split_batches, stack_images
 
 __all__ = ["calibrate_from_datasets", "calibrate_from_file", "image_shape"]
 
@@ -75,11 +75,9 @@ def calibrate_from_file(method: MergeMethod, tasks: TaskVectors, encoder: nn.Mod
     chosen: dict[int, list[Tensor]] = {}
     counts: dict[str, int] = {}
     for task, value in images.items():
-        n = spec.samples_used(value.shape[0])
-        indices = (draw_indices(spec, value.shape[0], None, None, tasks.names[task]) if spec.draw == "choice"
-                   else torch.arange(n))
-        chosen[task] = split_batches(value[torch.as_tensor(indices)], spec.batch_size)
-        counts[tasks.names[task]] = n
+        indices = given_indices(spec, value.shape[0], tasks.names[task])
+        chosen[task] = split_batches(value[indices], spec.batch_size)
+        counts[tasks.names[task]] = int(indices.numel())
     keys = calibrate(method, tasks, encoder, lambda task: [Batch(b) for b in chosen[task]],
                      _forward(lambda x: x.to(device)), progress=progress)
     return CalibrationRecord(samples=counts, seed=spec.seed if spec.draw == "choice" else None, split=spec.split,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,12 +45,10 @@ class CalibrationRecord:
     statistic: str
     keys: int
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"samples_per_task": self.samples, "seed": self.seed, "split": self.split, "source": self.source,
-                "statistic": self.statistic, "linear_maps": self.keys, "seconds": round(self.seconds, 3),
-                **self.extra}
+                "statistic": self.statistic, "linear_maps": self.keys, "seconds": round(self.seconds, 3)}
 
 
 @contextlib.contextmanager

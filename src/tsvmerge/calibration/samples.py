@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from ..checkpoints.state_dict import open_state_dict
 from ..merging.calibration import CalibrationError, CalibrationSpec
 
-__all__ = ["draw_indices", "read_image_file", "stack_images", "split_batches"]
+__all__ = ["draw_indices", "given_indices", "read_image_file", "stack_images", "split_batches"]
 
 
 def draw_indices(spec: CalibrationSpec, available: int, asked: int | None, seed: int | None, task: str) -> np.ndarray:
@@ -37,6 +37,15 @@ def draw_indices(spec: CalibrationSpec, available: int, asked: int | None, seed:
     if spec.draw == "choice":
         return generator.choice(available, size=n, replace=False)
     return generator.permutation(available)[:n]
+
+
+def given_indices(spec: CalibrationSpec, available: int, task: str) -> Tensor:
+    """The method's draw applied to ``available`` samples given in a calibration file: ESM's seeded choice of at
+    most its default count (all of them, permuted, when there are fewer; SPEC_ESM E3), RegMean's first whole
+    batches in file order (SPEC_REGMEAN R3)."""
+    if spec.draw == "choice":
+        return torch.as_tensor(draw_indices(spec, available, None, None, task))
+    return torch.arange(spec.samples_used(available))
 
 
 def stack_images(dataset: Dataset, indices: Sequence[int]) -> Tensor:

@@ -267,7 +267,7 @@ def _calibrate_folder(args: argparse.Namespace, method: MergeMethod, tasks: Task
                       device: torch.device):
     from ..calibration import hf
     from ..calibration.passes import CalibrationRecord, calibrate
-    from ..calibration.samples import draw_indices
+    from ..calibration.samples import given_indices
 
     spec = method.calibration
     assert spec is not None
@@ -283,8 +283,7 @@ def _calibrate_folder(args: argparse.Namespace, method: MergeMethod, tasks: Task
     batches, counts = {}, {}
     for task, (ids, mask) in data.items():
         name = tasks.names[task]
-        keep = torch.as_tensor(draw_indices(spec, ids.shape[0], None, None, name)) if spec.draw == "choice" \
-            else torch.arange(spec.samples_used(ids.shape[0]))
+        keep = given_indices(spec, ids.shape[0], name)
         batches[task] = hf.token_batches(ids[keep], None if mask is None else mask[keep], spec.batch_size,
                                          vocab_size=vocab, task=name)
         counts[name] = int(keep.numel())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
@@ -33,10 +34,13 @@ _ESM_SKIPPED = ("attn.out_proj.weight",)
 class _Calibrated(MergeMethod):
     """What both data-aware methods share: the keys they were calibrated on, and the refusal to merge without."""
 
+    #: key -> the tasks whose statistic was absorbed; empty until the calibration pass begins.
+    _seen: ClassVar[Mapping[str, set[int]]] = MappingProxyType({})
+
     def _start(self, tasks: TaskVectors, keys: Sequence[str]) -> None:
         self._tasks = tasks
         self._keys = list(keys)
-        self._seen: dict[str, set[int]] = {key: set() for key in keys}
+        self._seen = {key: set() for key in keys}
 
     def _delta(self, task: int, key: str) -> torch.Tensor:
         return self._tasks.entry(key).delta(task)
@@ -121,7 +125,7 @@ class ESM(_Calibrated):
                                    "calibration pass again")
 
     def alpha_scaled(self, key: str) -> bool:
-        return key in self._seen if hasattr(self, "_seen") else True
+        return not self._seen or key in self._seen
 
     def elementwise_on(self, entry: TaskEntry) -> bool:
         return entry.key not in self._seen and not entry.uses_svd()
