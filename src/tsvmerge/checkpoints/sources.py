@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from tsvmerge.checkpoints.hf_folder import is_model_folder
+from tsvmerge.checkpoints.peft_adapter import is_adapter_folder
 from tsvmerge.checkpoints.paths import CheckpointNotFoundError, require_file
 
 __all__ = ["HubModelError", "parse_hub_id", "resolve_source"]
@@ -19,9 +20,10 @@ __all__ = ["HubModelError", "parse_hub_id", "resolve_source"]
 _HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?")
 _FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 _MODEL_FILES = ["config.json", "generation_config.json", "*.model", "tokenizer*", "special_tokens_map.json",
-                "vocab*", "merges.txt", "added_tokens.json", "preprocessor_config.json", "chat_template*"]
+                "vocab*", "merges.txt", "added_tokens.json", "preprocessor_config.json", "chat_template*",
+                "adapter_config.json"]
 _SAFETENSORS = ["*.safetensors", "model.safetensors.index.json"]
-_BIN = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+_BIN = ["pytorch_model*.bin", "pytorch_model.bin.index.json", "adapter_model.bin"]
 
 
 class HubModelError(CheckpointNotFoundError):
@@ -108,8 +110,12 @@ def resolve_source(argument: str | Path) -> Path:
         return require_file(path)  # raises CheckpointNotFoundError, saying how to obtain checkpoints
     repo_id, revision = hub
     folder = _download(repo_id, revision, [*_SAFETENSORS, *_MODEL_FILES])
+    if is_adapter_folder(folder) and any(folder.glob("adapter_model.*")):  # a PEFT adapter repository
+        return folder
     if not is_model_folder(folder):  # an older repository with PyTorch .bin weights only
         folder = _download(repo_id, revision, [*_BIN, *_MODEL_FILES])
+    if is_adapter_folder(folder):
+        return folder
     if not is_model_folder(folder):
         raise HubModelError(f"hub model {str(argument)!r} ({folder}) has no weights in a layout save_pretrained "
                             "writes (model*.safetensors or pytorch_model*.bin)")

@@ -139,7 +139,10 @@ def _rescale_in_place(method: MergeMethod, task_vector: dict[str, Tensor], keys:
 def merge_entry_in_blocks(method: MergeMethod, entry: TaskEntry,
                           block_bytes: int = ELEMENTWISE_BLOCK_BYTES) -> EntryMerge:
     """``method.merge_entry(entry)``, computed block of rows by block of rows when the method acts value by value
-    on this entry and its task stack would exceed ``block_bytes``: the same result, a bounded workspace."""
+    on this entry and its task stack would exceed ``block_bytes``: the same result, a bounded workspace. An entry
+    changed only by LoRA updates goes through the factors when the method merges them exactly."""
+    if entry.factored and method.merges_factors():
+        return EntryMerge(task_vector=method.merge_factors(entry).materialize())
     blocks = entry.row_blocks(block_bytes) if method.elementwise_on(entry) else [entry]
     if len(blocks) == 1:
         return method.merge_entry(entry)

@@ -192,6 +192,16 @@ class MergeMethod:
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
         raise NotImplementedError
 
+    def merges_factors(self) -> bool:
+        """Whether this configuration merges LoRA updates exactly from their factors (:meth:`merge_factors`), with
+        a low-rank result; otherwise every update is formed as a dense ΔW, one entry at a time. Default: no."""
+        return False
+
+    def merge_factors(self, entry: TaskEntry) -> LowRankFactors:
+        """τMT of an entry every changing task of which is a LoRA update (``entry.factored``), as factors: equal to
+        :meth:`merge_entry` on the dense updates. Only for methods whose :meth:`merges_factors` is true."""
+        raise NotImplementedError(f"{self.name} merges dense task vectors only")
+
     def elementwise_on(self, entry: TaskEntry) -> bool:
         """Whether :meth:`merge_entry` acts value by value on ``entry`` (given :meth:`prepare`'s statistics), so
         that a large entry may be merged in blocks of rows (an LLM's vocabulary-sized embeddings). Default: no."""

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..checkpoints.peft_adapter import LoRAFactors, PeftAdapter
 from ..checkpoints.state_dict import LazyStateDict, check_compatible, check_finite, source_name
 from .collective import Collective, SingleProcess
 from .entry_rules import EntryRules, rules_for
@@ -31,15 +32,36 @@ ELEMENTWISE_BLOCK_BYTES = 2**27
 
 
 class TaskEntry:
-    """The pre-trained tensor of one entry, its T fine-tuned versions and, on demand, their deltas."""
+    """The pre-trained tensor of one entry, its T fine-tuned versions and, on demand, their deltas.
 
-    def __init__(self, key: str, pretrained: Tensor, finetuned: Sequence[Tensor], device: torch.device,
+    A task given by a LoRA adapter holds its update's factors instead of a tensor (:attr:`updates`): its delta is
+    s·B·A, formed only when asked for; methods that merge factors exactly use :attr:`updates` directly.
+    """
+
+    def __init__(self, key: str, pretrained: Tensor, finetuned: Sequence[Tensor | LoRAFactors], device: torch.device,
                  rules: EntryRules | None = None) -> None:
         self.key = key
         self.pretrained = pretrained
-        self.finetuned = list(finetuned)
+        self._inputs = list(finetuned)
         self.device = device
         self.rules = rules or EntryRules()
+
+    @property
+    def updates(self) -> list[LoRAFactors | None]:
+        """Per task, the LoRA factors of its update, or None for a task given as a tensor."""
+        return [value if isinstance(value, LoRAFactors) else None for value in self._inputs]
+
+    @property
+    def factored(self) -> bool:
+        """Whether every task that changed this entry did so through LoRA factors (and at least one did)."""
+        changed = self.changed
+        return bool(changed) and all(isinstance(self._inputs[task], LoRAFactors) for task in changed)
+
+    @property
+    def finetuned(self) -> list[Tensor]:
+        """θi of this entry per task (θ0 + s·B·A in float32 for a LoRA task, formed here)."""
+        return [value if isinstance(value, Tensor) else value.materialize(self.pretrained.device)
+                .add_(self.pretrained.to(torch.float32)) for value in self._inputs]
 
     def row_blocks(self, max_bytes: int) -> list[TaskEntry]:
         """The entry split along its first dimension into blocks whose float32 task stacks (T deltas, θ0 and a
@@ -50,7 +72,8 @@ class TaskEntry:
             return [self]
         rows = max(1, max_bytes // max(workspace_bytes(shape[1:], self.num_tasks), 1))
         return [TaskEntry(self.key, self.pretrained[start:start + rows],
-                          [ft[start:start + rows] for ft in self.finetuned], self.device, self.rules)
+                          [ft.rows(start, start + rows) if isinstance(ft, LoRAFactors) else ft[start:start + rows]
+                           for ft in self._inputs], self.device, self.rules)
                 for start in range(0, shape[0], rows)]
 
     def uses_svd(self, *, compression: bool = False) -> bool:
@@ -59,7 +82,7 @@ class TaskEntry:
 
     @property
     def num_tasks(self) -> int:
-        return len(self.finetuned)
+        return len(self._inputs)
 
     @property
     def shape(self) -> torch.Size:
@@ -68,19 +91,26 @@ class TaskEntry:
     @cached_property
     def changed(self) -> list[int]:
         """Tasks whose tensor differs from θ0 (checked without materializing any delta)."""
-        return [i for i, ft in enumerate(self.finetuned) if not torch.equal(ft, self.pretrained)]
+        return [i for i, ft in enumerate(self._inputs)
+                if (not ft.is_zero() if isinstance(ft, LoRAFactors) else not torch.equal(ft, self.pretrained))]
 
     def delta(self, task: int) -> Tensor:
         """τ_task in float32 on the compute device."""
+        value = self._inputs[task]
+        if isinstance(value, LoRAFactors):
+            return value.materialize(self.device)
         base = self.pretrained.to(self.device, torch.float32)
-        return self.finetuned[task].to(self.device, torch.float32) - base
+        return value.to(self.device, torch.float32) - base
 
     def each_delta(self) -> Iterator[Tensor]:
         """τ_1, ..., τ_T one at a time, each a fresh float32 tensor on the compute device (θ0 converted once): for
         methods that fold the tasks together without needing the [T, ...] stack of :meth:`deltas`."""
         base = self.pretrained.to(self.device, torch.float32)
-        for finetuned in self.finetuned:
-            yield finetuned.to(self.device, torch.float32, copy=True).sub_(base)
+        for finetuned in self._inputs:
+            if isinstance(finetuned, LoRAFactors):
+                yield finetuned.materialize(self.device)
+            else:
+                yield finetuned.to(self.device, torch.float32, copy=True).sub_(base)
 
     def deltas(self, tasks: Sequence[int] | None = None) -> Tensor:
         """Stack [len(tasks), *shape] of task vectors (all tasks by default)."""
@@ -88,7 +118,11 @@ class TaskEntry:
         base = self.pretrained.to(self.device, torch.float32)
         out = torch.empty((len(tasks), *self.shape), device=self.device)
         for row, task in zip(out, tasks):
-            torch.sub(self.finetuned[task].to(self.device, torch.float32), base, out=row)
+            value = self._inputs[task]
+            if isinstance(value, LoRAFactors):
+                row.copy_(value.materialize(self.device))
+            else:
+                torch.sub(value.to(self.device, torch.float32), base, out=row)
         return out
 
 
@@ -151,16 +185,32 @@ class TaskVectors:
         return len(self.finetuned)
 
     def entry(self, key: str) -> TaskEntry:
-        entry = TaskEntry(key, self.pretrained[key], [ft[key] for ft in self.finetuned], self.device, self.rules)
+        entry = TaskEntry(key, self.pretrained[key], [self._task_value(ft, key) for ft in self.finetuned], self.device,
+                          self.rules)
         if key not in self._checked:
             self._check_finite(entry)
             self._checked.add(key)
         return entry
 
+    @staticmethod
+    def _task_value(finetuned: Mapping[str, Tensor], key: str) -> Tensor | LoRAFactors:
+        """A task's tensor of ``key``, or its LoRA factors when an adapter changes the entry through them."""
+        if isinstance(finetuned, PeftAdapter):
+            found = finetuned.factors(key)
+            if found is not None:
+                return found
+        return finetuned[key]
+
+    @property
+    def has_adapters(self) -> bool:
+        """Whether some task is a LoRA adapter (its targeted entries come as factors)."""
+        return any(isinstance(ft, PeftAdapter) for ft in self.finetuned)
+
     def _check_finite(self, entry: TaskEntry) -> None:
         check_finite(entry.pretrained, entry.key, self.pretrained_source)
-        for tensor, source in zip(entry.finetuned, self.sources):
-            check_finite(tensor, entry.key, source)
+        for value, source in zip(entry._inputs, self.sources):
+            if isinstance(value, Tensor):  # LoRA factors are checked when the adapter is read
+                check_finite(value, entry.key, source)
 
     def entries(self, description: str | None = None, *, progress: bool = False,
                 only_mergeable: bool = True) -> Iterator[TaskEntry]:

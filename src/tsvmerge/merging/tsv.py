@@ -44,6 +44,18 @@ class TaskSingularVectors:
         return (self.U * self.s) @ self.V.mT
 
 
+def significant_components(s: Tensor, rows: int, cols: int) -> Tensor:
+    """Which singular values (descending, along the last dimension) are not numerically zero: above
+    max(rows, cols)·eps·σ₁, the rule of ``numpy.linalg.matrix_rank``.
+
+    A task matrix of rank r < k (a LoRA update, a matrix a task barely changed) has k − r singular directions that
+    are arbitrary (whatever LAPACK returns for a null space); kept in the concatenation, they would change every
+    Procrustes factor. They are dropped, so TSV-M of a low-rank task matrix is defined by its r components alone.
+    """
+    eps = torch.finfo(s.dtype).eps if s.is_floating_point() else torch.finfo(torch.float32).eps
+    return s > s[..., :1] * (max(rows, cols) * eps)
+
+
 def nonzero_tasks(deltas: Tensor) -> Tensor:
     """Indices of the tasks whose matrix has a non-zero entry."""
     return torch.linalg.vector_norm(deltas.flatten(1), ord=torch.inf, dim=1).nonzero().flatten()
@@ -74,9 +86,13 @@ def task_singular_vectors(deltas: Tensor, k: int | None = None, svd: SVDMode = "
     U, Vh = parts.U, parts.Vh
     if wide:
         U, Vh = Vh.mT, U.mT
+    s = parts.s
+    keep = significant_components(s, rows, cols)
+    if not bool(keep.all()):  # null directions of rank-deficient tasks: zero columns carry nothing into Procrustes
+        s, U, Vh = s * keep, U * keep.unsqueeze(-2), Vh * keep.unsqueeze(-1)
     U_hat = U.permute(1, 0, 2).reshape(rows, -1)
     V_hat = Vh.permute(2, 0, 1).reshape(cols, -1)
-    return TaskSingularVectors(U_hat, parts.s.reshape(-1), V_hat, k)
+    return TaskSingularVectors(U_hat, s.reshape(-1), V_hat, k)
 
 
 def orthogonalize(tsv: TaskSingularVectors, method: Orthogonalization = "procrustes", *,
@@ -91,7 +107,8 @@ def orthogonalize(tsv: TaskSingularVectors, method: Orthogonalization = "procrus
     if method == "procrustes":
         if approximate:
             # Each task's k singular vectors are orthonormal: the Gram matrix's diagonal blocks are known.
-            block = tsv.k or None
+            # (not when null components were zeroed: those columns are not orthonormal)
+            block = tsv.k if tsv.k and bool((tsv.s > 0).all()) and tsv.U.shape[1] % tsv.k == 0 else None
             return TaskSingularVectors(gram_polar_factor(tsv.U, block), tsv.s, gram_polar_factor(tsv.V, block), tsv.k)
         return TaskSingularVectors(polar_factor(tsv.U), tsv.s, polar_factor(tsv.V), tsv.k)
     if method == "whitening":

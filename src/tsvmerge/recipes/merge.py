@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from tqdm.auto import tqdm
 
 from ..checkpoints import open_state_dict, save_state_dict
 from ..checkpoints.hf_folder import SAFETENSORS_INDEX, HFModelFolder, is_weight_file, model_files
@@ -44,6 +45,7 @@ from ..checkpoints.output_folders import (
     remove_stale_temporaries,
 )
 from ..utils.files import OutputPathError, check_output_path, same_file, write_json
+from ..checkpoints.peft_adapter import ADAPTER_FILES, is_adapter_folder, read_adapter_config
 from ..checkpoints.safetensors_stream import SafetensorsStreamWriter
 from ..checkpoints.sharded import ShardPlan, copy_model_files, parse_size, plan_shards, write_index
 from ..checkpoints.sources import resolve_source
@@ -90,10 +92,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``tsvmerge merge`` (``set_defaults(run=run)``)."""
     m = sub.add_parser("merge", help="merge fine-tuned checkpoints into one model (or per-task models)")
     m.add_argument("--method", required=True, help=f"one of: {', '.join(available_methods())}")
-    m.add_argument("--pretrained", required=True,
+    m.add_argument("--pretrained", default=None,
                    help="pre-trained model θ0: a state dict (.pt, .bin, .safetensors), a Hugging Face model folder "
-                        "or a hub id org/name[@revision]")
-    m.add_argument("--finetuned", required=True, nargs="+", help="fine-tuned models θ1..θT (same kinds)")
+                        "or a hub id org/name[@revision] (with LoRA adapters, default: their base_model_name_or_path)")
+    m.add_argument("--finetuned", required=True, nargs="+",
+                   help="fine-tuned models θ1..θT (same kinds), or PEFT LoRA adapter folders / hub ids of adapters")
     m.add_argument("--out", required=True, type=Path,
                    help="output state dict (.pt or .safetensors), or a model folder when θ0 is one; for "
                         "task-specific methods a folder of task<i>.pt (task<i>/ model folders)")
@@ -132,6 +135,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     m.add_argument("--model", default=None, metavar="NAME",
                    help="with --calibration on CLIP checkpoints: the architecture, a config/model/<NAME>.yaml "
                         "(ViT-B-32, ViT-B-16, ViT-L-14, demo) or a path to such a file")
+    m.add_argument("--max-rank", type=int, default=None, metavar="R",
+                   help="LoRA adapters: cap each merged module's rank at R (best approximation by the exact SVD of "
+                        "the result; the relative error is printed); also makes methods without a low-rank result "
+                        "write an adapter")
+    m.add_argument("--merge-into-base", action="store_true",
+                   help="LoRA adapters: write a full model folder θ0 + α·τMT instead of a merged adapter")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.set_defaults(run=run)
     return m
@@ -307,6 +316,68 @@ def _check_inputs(pretrained: Path, finetuned: list[Path]) -> list[Path]:
     return [pretrained, *finetuned]
 
 
+def _check_adapter_options(args: argparse.Namespace, method: MergeMethod, finetuned: list[Path]) -> bool:
+    """Whether the fine-tuned inputs are LoRA adapters (all or none), with ``--pretrained`` defaulting to their
+    base model; the adapter-only options refused otherwise."""
+    kinds = [is_adapter_folder(path) for path in finetuned]
+    if any(kinds) and not all(kinds):
+        adapter = finetuned[kinds.index(True)]
+        full = finetuned[kinds.index(False)]
+        raise ValueError(f"--finetuned mixes a LoRA adapter ({adapter}) with a full fine-tuned model ({full}); merge "
+                         "the adapters alone, or write each one into its base first (tsvmerge merge --method sum "
+                         "--finetuned ADAPTER --merge-into-base --out FOLDER) and merge full models")
+    adapters = all(kinds)
+    if not adapters:
+        for flag, given in (("--max-rank", args.max_rank is not None), ("--merge-into-base", args.merge_into_base)):
+            if given:
+                raise ValueError(f"{flag} applies to LoRA adapter inputs (PEFT folders holding adapter_config.json)")
+        if args.pretrained is None:
+            raise ValueError("--pretrained is required: the pre-trained model θ0 the fine-tuned models start from")
+        return False
+    if args.max_rank is not None and args.max_rank < 1:
+        raise ValueError(f"--max-rank must be at least 1, got {args.max_rank}")
+    if args.max_rank is not None and args.merge_into_base:
+        raise ValueError("--max-rank shapes a merged adapter; --merge-into-base writes a full model: give one")
+    bases = {}
+    for path in finetuned:
+        config = read_adapter_config(path)
+        if config.get("base_model_name_or_path"):
+            bases.setdefault(str(config["base_model_name_or_path"]), path)
+    if len(bases) > 1:
+        listed = "; ".join(f"{path}: {base}" for base, path in bases.items())
+        raise ValueError(f"the adapters were trained on different base models ({listed}); merge adapters of one "
+                         "base model")
+    if args.pretrained is None:
+        if not bases:
+            raise ValueError("the adapters do not name their base model (base_model_name_or_path): give --pretrained")
+        args.pretrained = next(iter(bases))
+    return True
+
+
+def _writes_adapter(args: argparse.Namespace, method: MergeMethod) -> bool:
+    """Adapters in: an adapter out when the method's result is exactly low-rank, or ``--max-rank`` asks for one."""
+    if args.merge_into_base or method.task_specific:
+        return False
+    return method.merges_factors() or args.max_rank is not None
+
+
+def _check_adapter_output(args: argparse.Namespace, inputs: list[Path]) -> None:
+    if args.out.suffix in STATE_DICT_SUFFIXES:
+        raise OutputPathError(f"the merged adapter is a PEFT adapter folder: --out must be a folder, not {args.out}")
+    for flag, given in (("--save-masks", args.save_masks), ("--sti-out", args.sti_out),
+                        ("--max-shard-size", args.max_shard_size)):
+        if given is not None:
+            raise ValueError(f"{flag} does not apply to a merged adapter")
+    check_output_path(args.out, label="--out", inputs=inputs, folder=True)
+    check_output_folder(args.out, may_write=lambda name: name in ADAPTER_FILES or name == MANIFEST_NAME)
+
+
+def _open_adapters(paths: Sequence[Path], base) -> list:
+    from ..checkpoints.peft_adapter import PeftAdapter
+
+    return [PeftAdapter(path, base) for path in paths]
+
+
 def _check_outputs(args: argparse.Namespace, method: MergeMethod, inputs: list[Path], folder_base: bool) -> None:
     """Every output path is writable, harms no input, no other output and no file tsvmerge did not write; done
     before the merge starts."""
@@ -404,17 +475,29 @@ def run(args: argparse.Namespace) -> int:
     _check_calibration_options(args, method)
     dtype = DTYPES[args.dtype] if args.dtype else None
     max_shard_bytes = parse_size(args.max_shard_size or "5GB")
+    finetuned_paths = [resolve_source(arg) for arg in args.finetuned]
+    adapters = _check_adapter_options(args, method, finetuned_paths)
     pretrained_path = resolve_source(args.pretrained)
-    inputs = _check_inputs(pretrained_path, [resolve_source(arg) for arg in args.finetuned])
+    inputs = _check_inputs(pretrained_path, finetuned_paths)
     folder_base = pretrained_path.is_dir()
-    _check_outputs(args, method, inputs, folder_base)
+    if adapters and not folder_base:
+        raise ValueError(f"LoRA adapters are merged onto a model folder: --pretrained {args.pretrained} is a file; "
+                         "give the base model's folder or hub id")
+    adapter_out = adapters and _writes_adapter(args, method)
+    if adapter_out:
+        _check_adapter_output(args, inputs)
+    else:
+        if adapters and not args.merge_into_base:
+            print(f"{method.name} has no exact low-rank result: writing a full model folder (θ0 + α·τMT); "
+                  "--max-rank R writes a rank-R adapter instead")
+        _check_outputs(args, method, inputs, folder_base)
 
     with _processes(args.device) as (device, collective), MemoryMonitor(device=device) as monitor:
         if collective.world_size > 1 and not folder_base:
             raise ValueError("a merge split over several processes writes a model folder: give θ0 as a model "
                              "folder or hub id (or run a single process)")
         pretrained = _open(inputs[0])
-        finetuned = [_open(path) for path in inputs[1:]]
+        finetuned = _open_adapters(inputs[1:], pretrained) if adapters else [_open(path) for path in inputs[1:]]
         config = pretrained.config if isinstance(pretrained, HFModelFolder) else None
         rules = rules_for(pretrained, config, svd_keys=svd_keys, average_keys=average_keys)
         check_rules_match(rules, {key: pretrained.shape(key) for key in pretrained})
@@ -429,10 +512,16 @@ def run(args: argparse.Namespace) -> int:
             if method.calibration is not None:
                 calibration = _calibrate(args, method, tasks, inputs, folder_base, device)
             started = time.perf_counter()
-            written = write_merged_folders(
-                method, tasks, pretrained, args.out, alpha=args.alpha, dtype=dtype, max_shard_bytes=max_shard_bytes,
-                choice=_mask_choice(method.mask_labels(), args.tall_lambda, method.name),
-                progress=not args.quiet and collective.rank == 0, record=_record(args, inputs))
+            if adapter_out:
+                written = write_merged_adapter(method, tasks, finetuned, args.out, alpha=args.alpha, dtype=dtype,
+                                               max_rank=args.max_rank, progress=not args.quiet,
+                                               record=_record(args, inputs))
+            else:
+                written = write_merged_folders(
+                    method, tasks, pretrained, args.out, alpha=args.alpha, dtype=dtype,
+                    max_shard_bytes=max_shard_bytes,
+                    choice=_mask_choice(method.mask_labels(), args.tall_lambda, method.name),
+                    progress=not args.quiet and collective.rank == 0, record=_record(args, inputs))
             stats = {"seconds": time.perf_counter() - started, **method.finalize(tasks)}
         else:
             tasks = TaskVectors(pretrained, finetuned, names=args.names, device=device, rules=rules)
@@ -617,6 +706,68 @@ def write_merged_folders(method: MergeMethod, tasks: TaskVectors, base: HFModelF
         collective.barrier()
         collective.barrier()
     return [out / sub if sub != "." else out for sub in subfolders]
+
+
+def write_merged_adapter(method: MergeMethod, tasks: TaskVectors, adapters: Sequence, out: Path, *, alpha: float,
+                         dtype: torch.dtype | None = None, max_rank: int | None = None, progress: bool = False,
+                         record: OutputRecord | None = None) -> list[Path]:
+    """Merge LoRA adapters into one PEFT adapter folder ``out``: each targeted module's τMT as new factors
+    (B = U·diag(α·s), A = Vᵀ, scale 1, rank as computed or capped by ``max_rank``), each entry the adapters save whole
+    as θ0 + α·τMT in ``modules_to_save``; prints the ranks (and what a cap cost)."""
+    from ..checkpoints.peft_adapter import adapter_config_for, adapter_tensors, peft_key, write_adapter
+    from ..merging.engine import apply_entry
+    from ..merging.lora import merge_adapter_entries
+
+    method.prepare(tasks, progress=progress)
+    layout: dict[str, str] = {}
+    factor_dtype = None
+    for adapter in adapters:
+        for key in adapter.targeted:
+            layout.setdefault(key, adapter.layout[key])
+            factor_dtype = factor_dtype or adapter.factors(key).B.dtype
+    factor_dtype = dtype or factor_dtype or torch.float32
+    tensors: dict[str, torch.Tensor] = {}
+    ranks: dict[str, int] = {}
+    errors: dict[str, float] = {}
+    saved: list[str] = []
+    keys = tqdm(tasks.own_keys, desc=f"merge ({method.name}, adapters)", disable=not progress, unit="entry",
+                leave=False)
+    for merged in merge_adapter_entries(method, tasks, list(keys), set(layout), max_rank=max_rank):
+        coefficient = alpha if method.alpha_scaled(merged.key) else 1.0
+        if merged.factors is not None:
+            factors = merged.factors
+            if factors.s.numel() == 0:
+                continue
+            B = (factors.U * (factors.s * coefficient)).to(factor_dtype)
+            tensors.update(adapter_tensors(merged.key, layout[merged.key], B, factors.V.mT.to(factor_dtype)))
+            ranks[merged.key] = factors.s.numel()
+            errors[merged.key] = merged.error
+        else:
+            tensors[peft_key(merged.key)] = apply_entry(tasks.pretrained[merged.key], merged.tau, coefficient,
+                                                        merged.key, dtype=dtype)
+            saved.append(merged.key)
+    if not tensors:
+        raise ValueError("the merged update is zero (no adapter changes anything): there is no adapter to write")
+    config = adapter_config_for(adapters, ranks, saved)
+    with owned_directory(out, record or OutputRecord(), ADAPTER_FILES) as tmp:
+        write_adapter(tmp, tensors, config)
+    _print_ranks(ranks, errors, max_rank)
+    return [out]
+
+
+def _print_ranks(ranks: dict[str, int], errors: dict[str, float], max_rank: int | None) -> None:
+    """The merged adapter's rank per module type (block numbers folded), and the worst error of a rank cap."""
+    groups: dict[str, list[str]] = {}
+    for key in ranks:
+        groups.setdefault(re.sub(r"\.\d+\.", ".*.", key), []).append(key)
+    for group, keys in sorted(groups.items()):
+        values = sorted(ranks[key] for key in keys)
+        shown = str(values[0]) if values[0] == values[-1] else f"{values[0]}-{values[-1]}"
+        line = f"  rank {shown:>9s}  {group}" + (f" ({len(keys)} modules)" if len(keys) > 1 else "")
+        if max_rank is not None:
+            worst = max(keys, key=lambda key: errors[key])
+            line += f"; rank cap {max_rank}: relative error up to {errors[worst]:.3g}"
+        print(line)
 
 
 def _write_own_shards(method: MergeMethod, tasks: TaskVectors, plan: ShardPlan, tied: dict[str, str], folder: Path,

@@ -13,11 +13,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..lora import factored_mean, factored_sum
 from ..parallel import map_entries
 from ..registry import AblationRow, EntryMerge, MergeMethod, register
 from ..sparsify import TiesAggregation, elect_sign, keep_top, ties_merge
 from ..task_vectors import ELEMENTWISE_BLOCK_BYTES, TaskEntry, TaskVectors
 from ..thresholds import task_thresholds
+from ..tsv import LowRankFactors
 
 
 def _trimmed(entry: TaskEntry, thresholds: list[float | None]) -> Tensor:
@@ -60,6 +62,9 @@ class _TopKSum(MergeMethod):
     def prepare(self, tasks: TaskVectors, *, progress: bool = False, workers: int | None = None) -> None:
         self._thresholds = task_thresholds(tasks, self.k, progress=progress, workers=workers)
 
+    def merges_factors(self) -> bool:
+        return self.k == 100  # trimming to the top-k% needs the values
+
     def _sum(self, entry: TaskEntry) -> Tensor:
         """Σ of the trimmed task vectors, accumulated task by task: no [T, ...] stack is built."""
         total: Tensor | None = None
@@ -85,6 +90,9 @@ class Average(_TopKSum):
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
         return EntryMerge(task_vector=self._sum(entry) / entry.num_tasks)
 
+    def merge_factors(self, entry: TaskEntry) -> LowRankFactors:
+        return factored_mean(entry.updates, entry.num_tasks, entry.device)
+
 
 @register
 @dataclass
@@ -104,6 +112,9 @@ class TaskArithmetic(_TopKSum):
 
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
         return EntryMerge(task_vector=self._sum(entry))
+
+    def merge_factors(self, entry: TaskEntry) -> LowRankFactors:
+        return factored_sum(entry.updates, device=entry.device)
 
 
 @register

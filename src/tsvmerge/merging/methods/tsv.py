@@ -13,10 +13,12 @@ import numpy as np
 
 from ..entry_rules import EntryRules
 from ..interference import interference_per_block, singular_task_interference
+from ..lora import factored_mean, factored_task_singular_vectors
 from ..registry import AblationRow, EntryMerge, MergeMethod, register
 from ..svd import SVDMode
 from ..task_vectors import TaskEntry, TaskVectors
 from ..tsv import (
+    LowRankFactors,
     Orthogonalization,
     components_per_task,
     mean_of_tasks,
@@ -58,6 +60,22 @@ class _TaskSingularVectorsMerge(MergeMethod):
             self._sti[entry.key] = {"before": singular_task_interference(tsv),
                                     "after": singular_task_interference(merged)}
         return EntryMerge(task_vector=merged.reconstruct())
+
+    def merges_factors(self) -> bool:
+        return True
+
+    def merge_factors(self, entry: TaskEntry) -> LowRankFactors:
+        if not entry.uses_svd():
+            return factored_mean(entry.updates, entry.num_tasks, entry.device)
+        rows, cols = entry.shape
+        k = min(rows, cols) if self.full_rank else components_per_task(rows, cols, entry.num_tasks)
+        tsv = factored_task_singular_vectors(entry.updates, k, entry.device)
+        # thin concatenations (T·r columns at most): the exact polar factors cost little
+        merged = orthogonalize(tsv, self.orthogonalization)
+        if self.report_sti:
+            self._sti[entry.key] = {"before": singular_task_interference(tsv),
+                                    "after": singular_task_interference(merged)}
+        return LowRankFactors(merged.U, merged.s, merged.V)
 
     def finalize(self, tasks: TaskVectors) -> dict[str, Any]:
         if not self.report_sti:
