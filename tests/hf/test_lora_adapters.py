@@ -211,7 +211,7 @@ def _wrong_shape(state):
 @pytest.mark.parametrize("case, expected", [
     ("shape", "is the adapter for another base model"),
     ("bases", "different base models"),
-    ("no_config", "base model"),
+    ("no_config", "no adapter_config.json"),
     ("corrupt_config", "cannot be read as JSON"),
     ("prefix", "PEFT PREFIX_TUNING adapter"),
     ("dora", "DoRA"),
@@ -259,3 +259,16 @@ def test_bad_adapter_inputs_are_one_clear_error_and_nothing_is_written(adapters,
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+def test_tsvc_on_adapters_equals_tsvc_on_the_materialized_adapters(adapters, tmp_path):
+    base, folders, dense = adapters
+    assert _run("--method", "TSVC", "--pretrained", base, "--finetuned", *folders, "--out", tmp_path / "ours") == 0
+    assert _run("--method", "TSVC", "--pretrained", base, "--finetuned", *dense, "--out", tmp_path / "dense") == 0
+    theta0 = _state(base)
+    for task in range(len(folders)):
+        ours, theirs = _state(tmp_path / "ours" / f"task{task}"), _state(tmp_path / "dense" / f"task{task}")
+        for key in theirs:
+            tau = theirs[key] - theta0[key]
+            error = float((ours[key] - theirs[key]).norm()) / max(float(tau.norm()), 1e-12)
+            assert error <= 1e-5 or float(tau.norm()) < 1e-6, (task, key, error)

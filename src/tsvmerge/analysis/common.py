@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoints.peft_adapter import open_task_source
 from ..checkpoints.state_dict import open_state_dict
 from ..config import ConfigError
 from ..evaluation.run_settings import RunSettings
@@ -92,7 +93,7 @@ def open_task_vectors(settings: RunSettings, datasets: Sequence[str] | None = No
     finetuned = check.finetuned(settings.model_location, settings.model.name, datasets)
     check.raise_if_missing()
     pretrained = open_state_dict(zeroshot)
-    return TaskVectors(pretrained, [open_state_dict(p) for p in finetuned], names=datasets,
+    return TaskVectors(pretrained, [open_task_source(p, pretrained) for p in finetuned], names=datasets,
                        device=resolve_device(settings.device), rules=run_entry_rules(settings, pretrained))
 
 
@@ -155,7 +156,7 @@ class EvalSession:
         weights = InPlaceWeights(evaluator.encoder)
         tasks = None
         if finetuned:
-            tasks = TaskVectors(theta0, [open_state_dict(p) for p in finetuned_paths], names=datasets,
+            tasks = TaskVectors(theta0, [open_task_source(p, theta0) for p in finetuned_paths], names=datasets,
                                 device=runtime.device, rules=run_entry_rules(settings, theta0))
         return cls(settings, datasets, split, evaluator, weights, data, accuracies, tasks, prep)
 

@@ -19,7 +19,9 @@ __all__ = [
     "CheckpointNotFoundError",
     "dataset_base_name",
     "find_zeroshot_checkpoint",
+    "finetuned_adapter_path",
     "finetuned_checkpoint_path",
+    "finetuned_source_path",
     "head_path",
     "require_file",
     "single_task_accuracy_path",
@@ -75,6 +77,22 @@ def finetuned_checkpoint_path(model_location: PathLike, model: str, dataset: str
         / f"{dataset_base_name(dataset)}Val"
         / "nonlinear_finetuned.pt"
     )
+
+
+def finetuned_adapter_path(model_location: PathLike, model: str, dataset: str) -> Path:
+    """``<model_location>/<model>/<dataset>Val/adapter``: a PEFT LoRA adapter folder standing for the task's
+    fine-tuned checkpoint."""
+    return finetuned_checkpoint_path(model_location, model, dataset).parent / "adapter"
+
+
+def finetuned_source_path(model_location: PathLike, model: str, dataset: str) -> Path:
+    """The task's fine-tuned weights: ``nonlinear_finetuned.pt`` when present, else its ``adapter/`` folder when
+    that holds an ``adapter_config.json``, else the checkpoint's path (reported missing)."""
+    checkpoint = finetuned_checkpoint_path(model_location, model, dataset)
+    adapter = finetuned_adapter_path(model_location, model, dataset)
+    if not checkpoint.is_file() and (adapter / "adapter_config.json").is_file():
+        return adapter
+    return checkpoint
 
 
 def zeroshot_checkpoint_path(model_location: PathLike, model: str, dataset: str = "MNIST") -> Path:

@@ -32,7 +32,7 @@ from .errors import CheckpointFormatError, CheckpointMismatchError, NonFiniteChe
 from .state_dict import LazyStateDict, open_state_dict
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_FILES", "AdapterError", "LoRAFactors", "PeftAdapter", "adapter_config_for", "adapter_tensors",
-           "is_adapter_folder", "module_name", "peft_key", "read_adapter_config", "write_adapter"]
+           "is_adapter_folder", "module_name", "open_task_source", "peft_key", "read_adapter_config", "write_adapter"]
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -76,8 +76,8 @@ class LoRAFactors:
 
 
 def is_adapter_folder(path: Path) -> bool:
-    """Whether ``path`` is a PEFT adapter folder (it holds ``adapter_config.json``)."""
-    return path.is_dir() and (path / ADAPTER_CONFIG).is_file()
+    """Whether ``path`` is (meant as) a PEFT adapter folder: it holds ``adapter_config.json`` or adapter weights."""
+    return path.is_dir() and any((path / name).is_file() for name in (ADAPTER_CONFIG, *ADAPTER_WEIGHTS))
 
 
 def module_name(key: str) -> str:
@@ -101,6 +101,9 @@ def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> An
 
 def read_adapter_config(folder: Path) -> dict[str, Any]:
     path = folder / ADAPTER_CONFIG
+    if not path.is_file():
+        raise AdapterError(f"{folder} holds adapter weights but no {ADAPTER_CONFIG}: without it the rank, alpha and "
+                           "targets of the LoRA factors are unknown; copy the adapter folder again, complete")
     try:
         config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -143,6 +146,7 @@ class PeftAdapter(LazyStateDict):
         self.base = base
         self.config = read_adapter_config(self.path)
         self.base_model = self.config.get("base_model_name_or_path")
+        self._suffixes: dict[str, list[str]] | None = None
         weights = _read_weights(self.path)
         factors: dict[str, dict[str, Tensor]] = {}
         self._full: dict[str, Tensor] = {}
@@ -158,7 +162,7 @@ class PeftAdapter(LazyStateDict):
                 factors.setdefault(match["module"], {})[match["kind"]] = tensor
         #: how PEFT stores each targeted entry's factors: "linear", "transposed" (fan_in_fan_out) or "embedding"
         self.layout: dict[str, str] = {}
-        self._factors = {key: self._build(module, parts) for module, parts in factors.items()
+        self._factors = {key: self._build(module, key, parts) for module, parts in factors.items()
                          for key in [self._base_key(f"{module}.weight", module)]}
         for key, tensor in self._full.items():
             if tuple(tensor.shape) != tuple(base.shape(key)):
@@ -172,19 +176,32 @@ class PeftAdapter(LazyStateDict):
     # ------------------------------------------------------------------------------------------------ reading
 
     def _base_key(self, key: str, saved: str) -> str:
+        """The base entry an adapter key names: itself, or the one entry ending with it (an adapter trained on a
+        sub-module, e.g. open_clip's visual tower, whose checkpoint keys carry a longer prefix)."""
         if key in self.base:
             return key
+        if self._suffixes is None:
+            self._suffixes = {}
+            for name in self.base:
+                parts = name.split(".")
+                for start in range(1, len(parts)):
+                    self._suffixes.setdefault(".".join(parts[start:]), []).append(name)
+        found = self._suffixes.get(key, [])
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise AdapterError(f"{self.path}: the adapter changes {saved!r}, which matches several entries of the "
+                               f"base model ({', '.join(found[:3])}); give a base whose keys it names exactly")
         raise CheckpointMismatchError(f"{self.path}: the adapter changes {saved!r}, which the base model "
                                       f"{self.base.path} does not have; is the adapter for another base model?")
 
-    def _build(self, module: str, parts: Mapping[str, Tensor]) -> LoRAFactors:
+    def _build(self, module: str, key: str, parts: Mapping[str, Tensor]) -> LoRAFactors:
         embedding = "lora_embedding_A" in parts or "lora_embedding_B" in parts
         a_name, b_name = ("lora_embedding_A", "lora_embedding_B") if embedding else ("lora_A", "lora_B")
         if a_name not in parts or b_name not in parts:
             missing = b_name if a_name in parts else a_name
             raise AdapterError(f"{self.path}: module {module!r} has no {missing} factor; the adapter file is corrupt")
         A, B = parts[a_name], parts[b_name]
-        key = f"{module}.weight"
         if A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[1]:
             raise AdapterError(f"{self.path}: module {module!r} has factors {b_name} {tuple(B.shape)} and {a_name} "
                                f"{tuple(A.shape)}, which do not multiply")
@@ -249,6 +266,15 @@ class PeftAdapter(LazyStateDict):
 
     def dtype(self, key: str) -> torch.dtype:
         return self.base.dtype(key)
+
+
+def open_task_source(path: Path, base: LazyStateDict) -> LazyStateDict:
+    """A fine-tuned model's weights: a LoRA adapter folder over ``base``, or a checkpoint file / model folder."""
+    if is_adapter_folder(path):
+        return PeftAdapter(path, base)
+    from .hf_folder import HFModelFolder
+
+    return HFModelFolder(path) if path.is_dir() else open_state_dict(path)
 
 
 def adapter_tensors(key: str, layout: str, B: Tensor, A: Tensor) -> dict[str, Tensor]:

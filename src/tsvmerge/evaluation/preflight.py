@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checkpoints.paths import CHECKPOINT_HELP, find_zeroshot_checkpoint, finetuned_checkpoint_path, head_path
+from ..checkpoints.paths import CHECKPOINT_HELP, find_zeroshot_checkpoint, finetuned_source_path, head_path
+from ..checkpoints.peft_adapter import is_adapter_folder
 from ..data.errors import DatasetNotFoundError
 from ..data.registry import REGISTRY
 from ..models.factory import ModelSpec
@@ -42,7 +43,7 @@ class Preflight:
     missing_datasets: list[str] = field(default_factory=list)  # the names behind ``datasets``' messages
 
     def require_checkpoint(self, path: Path) -> None:
-        if not path.is_file():
+        if not path.is_file() and not is_adapter_folder(path):
             self.checkpoints.append(path)
 
     def zeroshot(self, model_location: str | Path, model: str, datasets: Sequence[str] = ()) -> Path:
@@ -51,7 +52,8 @@ class Preflight:
         return path
 
     def finetuned(self, model_location: str | Path, model: str, datasets: Sequence[str]) -> list[Path]:
-        paths = [finetuned_checkpoint_path(model_location, model, d) for d in datasets]
+        """Each task's ``nonlinear_finetuned.pt``, or the LoRA ``adapter/`` folder standing for it."""
+        paths = [finetuned_source_path(model_location, model, d) for d in datasets]
         for path in paths:
             self.require_checkpoint(path)
         return paths

@@ -1,37 +1,100 @@
 """Isotropic merging, Iso-C and Iso-CTS (Marczak et al., ICML 2025): the per-entry math of SPEC_BEYOND §B2-§B3.
 
 Both flatten the spectrum of the merged matrix: every singular value becomes the mean σ̄ of the singular values
-it is built from, so that no task's dominant directions drown the others'. All functions act on one entry's stack
-of task matrices ``deltas [T, rows, cols]`` and are pure: no I/O, no global state, any device.
+it is built from, so that no task's dominant directions drown the others'. The dense functions act on one entry's
+stack of task matrices ``deltas [T, rows, cols]``; the ``*_factors`` functions compute the same from low-rank task
+matrices given as thin sides (τi = left @ rightᵀ, e.g. LoRA updates) without forming any rows × cols matrix. All are
+pure: no I/O, no global state, any device.
+
+Rank-deficient inputs. As published, both methods give every one of the r = min(rows, cols) singular directions
+of the sum (and, for Iso-CTS, of each task's residual) the weight σ̄, null directions included: whatever vectors the
+SVD returns for a zero singular value then enter the result, so the merge of a low-rank sum (LoRA updates, tasks
+that did not change a matrix) depends on round-off. Here numerically zero singular components
+(:func:`~tsvmerge.merging.tsv.significant_components`, numpy's matrix_rank rule) carry no direction: they are
+dropped, while σ̄ still divides by r (a dropped component counts as a zero singular value). On full-rank inputs —
+fine-tuned checkpoints — nothing is dropped and the published definition is unchanged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .lora import product_svd
 from .svd import polar_factor, thin_svd, top_components
+from .tsv import LowRankFactors, significant_components
 
 #: Tasks whose residuals are formed at once (tall entries): bounds the workspace, not the result.
 _RESIDUAL_CHUNK = 4
 
+#: A task matrix τi = left @ rightᵀ given by its two thin sides (left [rows, r], right [cols, r]).
+Sides = tuple[Tensor, Tensor]
+
+
+def significant_against(s: Tensor, reference: Tensor, rows: int, cols: int) -> Tensor:
+    """Which of the singular values ``s`` are not numerically zero at the scale ``reference`` (broadcast against
+    ``s``): above max(rows, cols)·eps·reference, the rule of :func:`significant_components` with a reference that
+    is not ``s``'s own largest value. A residual (I − P)·τi carries the round-off of τi, not of itself: judged
+    against its own σ1, the residual of a task lying in the projected-out subspace would be all round-off and yet
+    keep its largest component."""
+    return s > reference * (max(rows, cols) * torch.finfo(torch.float32).eps)
+
+
+def significant_svd(A: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD ``(U [m, q], s [q], V [n, q])`` of one matrix with its numerically zero components dropped (q ≤
+    min(m, n)). Tall inputs (twice as many rows as columns, either orientation) go through a QR first, the cheaper
+    route to the same triplets."""
+    rows, cols = A.shape
+    if max(rows, cols) >= 2 * min(rows, cols):
+        tall = A if rows >= cols else A.mT
+        Q, R = torch.linalg.qr(tall)
+        U_r, s, V = thin_svd(R)
+        U = Q @ U_r
+        U, V = (U, V) if rows >= cols else (V, U)
+    else:
+        U, s, V = thin_svd(A)
+    keep = significant_components(s, rows, cols)
+    return U[:, keep], s[keep], V[:, keep]
+
+
+def empty_factors(rows: int, cols: int, device: torch.device | str | None = None) -> LowRankFactors:
+    """The zero rows × cols matrix as factors of rank 0."""
+    return LowRankFactors(torch.zeros(rows, 0, device=device), torch.zeros(0, device=device),
+                          torch.zeros(cols, 0, device=device))
+
 
 def iso_c_matrix(deltas: Tensor) -> Tensor:
-    """Iso-C: σ̄ · U Vᵀ for the thin SVD U diag(s) Vᵀ of Δ = Σ τi, σ̄ the mean of all r singular values.
+    """Iso-C: σ̄ · U_q V_qᵀ for the thin SVD of Δ = Σ τi, σ̄ the mean of all r singular values (§B2).
 
-    U Vᵀ is the polar factor of Δ, and σ̄ = tr(Uᵀ Δ V)/r = ⟨U Vᵀ, Δ⟩/r, so no singular values are needed beyond
-    what the polar factor computes (its Gram route for tall entries is as accurate as the SVD there).
+    U_q V_qᵀ is taken over the q significant components only: it is then unique (the polar factor of Δ restricted
+    to its range), whereas the published U Vᵀ over all r pairs Δ's null directions arbitrarily. σ̄ = Σ s_q / r: the
+    dropped values count as zeros, so σ̄ is the published mean whenever Δ has full rank.
     """
     total = deltas.sum(dim=0)
-    return _flat_spectrum(polar_factor(total), total)
+    U, s, V = significant_svd(total)
+    return (U * (s.sum() / min(total.shape))) @ V.mT
 
 
-def _flat_spectrum(polar: Tensor, total: Tensor) -> Tensor:
-    """σ̄ · polar, with σ̄ = ⟨polar, Δ⟩ / r: the mean singular value of Δ when polar = U Vᵀ of Δ."""
-    rank = min(total.shape)
-    return polar * ((polar * total).sum() / rank)
+def iso_c_factors(sides: Sequence[Sides | None], rows: int, cols: int) -> LowRankFactors:
+    """Iso-C of low-rank task matrices (None: a task that did not change the entry), as factors equal to
+    :func:`iso_c_matrix` of the dense stack: Σ τi is itself the product of the concatenated sides, whose exact SVD
+    comes from two thin QRs and a small SVD; its significant components with the flat spectrum σ̄."""
+    present = [found for found in sides if found is not None]
+    if not present:
+        return empty_factors(rows, cols)
+    U, s, V = _sum_svd(present)
+    keep = significant_components(s, rows, cols)
+    U, s, V = U[:, keep], s[keep], V[:, keep]
+    return LowRankFactors(U, torch.full_like(s, float(s.sum()) / min(rows, cols)), V)
+
+
+def _sum_svd(present: Sequence[Sides]) -> tuple[Tensor, Tensor, Tensor]:
+    """Every component of the exact thin SVD of Σ left_i right_iᵀ = [left_1 …] [right_1 …]ᵀ."""
+    return product_svd(torch.cat([left for left, _ in present], dim=1),
+                       torch.cat([right for _, right in present], dim=1))
 
 
 @dataclass(frozen=True)
@@ -67,6 +130,13 @@ def iso_cts_sizes(rows: int, cols: int, num_tasks: int, common_space_fraction: f
     return IsoCTSSizes(rank=rank, common=common, per_task=task_total // num_tasks)
 
 
+def significant_common(s: Tensor, sizes: IsoCTSSizes, rows: int, cols: int) -> int:
+    """How many of the top c components of Δ = Σ τi form the common subspace: the significant ones among them.
+    A null direction of Δ inside the top c is arbitrary; projected out of the residuals (step 3) it would remove
+    an arbitrary direction from every task."""
+    return int(significant_components(s, rows, cols)[:sizes.common].sum())
+
+
 def iso_cts_matrix(deltas: Tensor, common_space_fraction: float = 0.8) -> Tensor:
     """Iso-CTS for one matrix: common subspace of Σ τi plus each task's own top directions, orthogonalized,
     flat spectrum (§B3 steps 2-5).
@@ -74,36 +144,100 @@ def iso_cts_matrix(deltas: Tensor, common_space_fraction: float = 0.8) -> Tensor
     Not transpose-equivariant: the task residuals are τi minus their projection on the common *left* singular
     vectors (the first dimension, ``nn.Linear``'s output side), so the orientation of ``deltas`` matters. Only the
     SVD solvers see transposed copies, which changes nothing.
+
+    Rank-deficient inputs: the common subspace is the significant part of Δ's top c components
+    (:func:`significant_common`); a residual component is kept when it is significant against its task matrix's
+    σ1 (:func:`significant_against`: a residual that is round-off keeps nothing); Û and V̂ concatenate the kept
+    columns only, and σ̄ = (Σ kept singular values) / r, every dropped slot counting as zero. Zeroing the dropped
+    columns of the published r-column Û, V̂ instead of removing them gives the same result where that result is
+    defined: their polar-factor columns, an arbitrary orthonormal completion, would otherwise be weighted by σ̄.
     """
     num_tasks, rows, cols = deltas.shape
     sizes = iso_cts_sizes(rows, cols, num_tasks, common_space_fraction)
-    total = deltas.sum(dim=0)
     if sizes.per_task == 0:  # c = r: Iso-C exactly, the residual SVDs are not needed
         return iso_c_matrix(deltas)
+    total = deltas.sum(dim=0)
     U, s, V = thin_svd(total)
-    Uc, sc, Vc = U[:, :sizes.common], s[:sizes.common], V[:, :sizes.common]
-    Ur, sr, Vr = _residual_top_components(deltas, U, sizes)
-    U_hat = torch.cat([Ur.permute(1, 0, 2).reshape(rows, -1), Uc], dim=1)  # [rows, r]
-    V_hat = torch.cat([Vr.permute(1, 0, 2).reshape(cols, -1), Vc], dim=1)  # [cols, r]
-    mean_singular_value = (sr.sum() + sc.sum()) / sizes.rank
+    common = significant_common(s, sizes, rows, cols)
+    Ur, sr, Vr = _residual_top_components(deltas, U, common, sizes.per_task)
+    kept = significant_against(sr, _task_scales(deltas, sr), rows, cols)  # [T, k]
+    U_hat = torch.cat([Ur.permute(1, 0, 2).reshape(rows, -1)[:, kept.flatten()], U[:, :common]], dim=1)
+    V_hat = torch.cat([Vr.permute(1, 0, 2).reshape(cols, -1)[:, kept.flatten()], V[:, :common]], dim=1)
+    mean_singular_value = (sr[kept].sum() + s[:common].sum()) / sizes.rank
+    return _flat_polar(U_hat, V_hat, mean_singular_value, rows, cols)
+
+
+def iso_cts_factors(sides: Sequence[Sides | None], rows: int, cols: int,
+                    common_space_fraction: float = 0.8) -> LowRankFactors:
+    """Iso-CTS of low-rank task matrices (one per merged task, None for a task that did not change the entry), as
+    factors equal to :func:`iso_cts_matrix` of the dense stack, the projection kept on the first dimension.
+
+    Δ = Σ τi is the product of the concatenated sides (exact SVD from thin QRs); a residual
+    (I − Uc Ucᵀ)·left·rightᵀ is the product of the projected left side and the right side, so its SVD is exact
+    too; the polar factors are those of thin rows × p and cols × p concatenations (p ≤ r kept columns).
+    """
+    sizes = iso_cts_sizes(rows, cols, len(sides), common_space_fraction)
+    present = [found for found in sides if found is not None]
+    if not present:
+        return empty_factors(rows, cols)
+    if sizes.per_task == 0:
+        return iso_c_factors(present, rows, cols)
+    U, s, V = _sum_svd(present)
+    common = significant_common(s, sizes, rows, cols)
+    Uc = U[:, :common]
+    Us, Vs, kept_values = [], [], [s[:common].sum()]
+    for left, right in present:
+        scale = product_svd(left, right)[1][:1]  # σ1(τi)
+        Ur, sr, Vr = product_svd(left - Uc @ (Uc.mT @ left), right)
+        kept = significant_against(sr[:sizes.per_task], scale, rows, cols)
+        Us.append(Ur[:, :sizes.per_task][:, kept])
+        Vs.append(Vr[:, :sizes.per_task][:, kept])
+        kept_values.append(sr[:sizes.per_task][kept].sum())
+    U_hat = torch.cat([*Us, Uc], dim=1)
+    V_hat = torch.cat([*Vs, V[:, :common]], dim=1)
+    mean_singular_value = float(torch.stack(kept_values).sum()) / sizes.rank
+    if U_hat.shape[1] == 0:
+        return empty_factors(rows, cols, U.device)
+    return LowRankFactors(polar_factor(U_hat), U_hat.new_full((U_hat.shape[1],), mean_singular_value),
+                          polar_factor(V_hat))
+
+
+def _flat_polar(U_hat: Tensor, V_hat: Tensor, mean_singular_value: Tensor, rows: int, cols: int) -> Tensor:
+    """σ̄ · polar(Û) polar(V̂)ᵀ (§B3 step 5); zero when no column is kept."""
+    if U_hat.shape[1] == 0:
+        return U_hat.new_zeros(rows, cols)
     return (polar_factor(U_hat) @ polar_factor(V_hat).mT) * mean_singular_value
 
 
-def _residual_top_components(deltas: Tensor, U: Tensor, sizes: IsoCTSSizes) -> tuple[Tensor, Tensor, Tensor]:
-    """Top ``sizes.per_task`` triplets of every residual Ri = τi − Uc Ucᵀ τi (the one-sided projection, §B3 step 3).
+def _task_scales(deltas: Tensor, residual_values: Tensor) -> Tensor:
+    """Per task, a scale against which its residual singular values are judged significant with the same outcome
+    as against σ1(τi): ‖τi‖_F (≥ σ1) where that already decides every value (any full-rank task matrix: no extra
+    cost), σ1(τi) itself for the tasks with a value at or below the Frobenius-based threshold."""
+    _, rows, cols = deltas.shape
+    scales = torch.linalg.vector_norm(deltas.flatten(1), dim=1)
+    undecided = ~significant_against(residual_values, scales.unsqueeze(1), rows, cols) & (residual_values > 0)
+    for task in undecided.any(dim=1).nonzero().flatten().tolist():
+        scales[task] = torch.linalg.matrix_norm(deltas[task], ord=2)
+    return scales.unsqueeze(1)
 
-    When U is square (rows = r: square and wide entries), the complement of Uc is spanned by U's remaining r − c
-    columns U⊥, so Ri = U⊥ (U⊥ᵀ τi): the SVD of the small (r − c) × cols matrix U⊥ᵀ τi gives Ri's triplets
-    exactly (left vectors mapped through U⊥), at a fraction of the cost of decomposing Ri. Tall entries (rows > r)
-    have a larger complement, and Ri is formed.
+
+def _residual_top_components(deltas: Tensor, U: Tensor, common: int, per_task: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Top ``per_task`` triplets of every residual Ri = τi − Uc Ucᵀ τi, Uc = U[:, :common] (the one-sided
+    projection, §B3 step 3).
+
+    When U is square (rows = r: square and wide entries), the complement of Uc is spanned by U's remaining
+    columns U⊥ (null directions of Δ included: together they span the complement whatever they are), so
+    Ri = U⊥ (U⊥ᵀ τi): the SVD of the small (rows − common) × cols matrix U⊥ᵀ τi gives Ri's triplets exactly (left
+    vectors mapped through U⊥), at a fraction of the cost of decomposing Ri. Tall entries (rows > r) have a larger
+    complement, and Ri is formed.
     """
     rows = deltas.shape[-2]
-    if rows == sizes.rank:
-        complement = U[:, sizes.common:]  # [rows, r − c]
-        Uy, sr, Vr = top_components(complement.mT @ deltas, sizes.per_task)
+    if rows == U.shape[1]:
+        complement = U[:, common:]  # [rows, rows − common]
+        Uy, sr, Vr = top_components(complement.mT @ deltas, per_task)
         return complement @ Uy, sr, Vr
-    Uc = U[:, :sizes.common]
+    Uc = U[:, :common]
     # A few tasks at a time: the residuals of every task at once would double the entry's memory.
-    parts = [top_components(chunk - Uc @ (Uc.mT @ chunk), sizes.per_task)
+    parts = [top_components(chunk - Uc @ (Uc.mT @ chunk), per_task)
              for chunk in deltas.split(_RESIDUAL_CHUNK)]
     return tuple(torch.cat(factors) for factors in zip(*parts))  # type: ignore[return-value]

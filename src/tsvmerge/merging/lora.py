@@ -143,3 +143,22 @@ def merge_adapter_entries(method: MergeMethod, tasks: TaskVectors, keys: Sequenc
                                label=lambda key: key, cost=cost):
         if out is not None:
             yield out
+
+
+def update_sides(factors: Sequence[LoRAFactors | None],
+                 device: torch.device | str | None = None) -> list[tuple[Tensor, Tensor] | None]:
+    """Each task's update as two thin sides ``(scale·B [m, r], Aᵀ [n, r])``, float32 on ``device``, so that
+    ΔW = left @ rightᵀ; None for a task without an update (or a zero one): the form the factored per-entry math of
+    Iso-C, Iso-CTS, DC-Merge and CART takes, free of LoRA's conventions."""
+    return [None if f is None or f.is_zero() else
+            (f.B.to(device, torch.float32) * f.scale, f.A.to(device, torch.float32).mT) for f in factors]
+
+
+def product_svd(left: Tensor, right: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The exact thin SVD ``(U [m, q], s [q], V [n, q])`` of ``left @ rightᵀ`` (left [m, p], right [n, p]),
+    q = min(m, n, p), from two thin QRs and a q × q SVD: every component, numerically zero ones included, so that
+    callers judge significance against the scale that matters to them (not always this matrix's own σ1)."""
+    Q_l, R_l = torch.linalg.qr(left)
+    Q_r, R_r = torch.linalg.qr(right)
+    U_c, s, V_ch = torch.linalg.svd(R_l @ R_r.mT, full_matrices=False)
+    return Q_l @ U_c, s, Q_r @ V_ch.mT

@@ -33,6 +33,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..checkpoints.peft_adapter import open_task_source
 from ..checkpoints.state_dict import open_state_dict
 from ..checkpoints.tall_mask_files import save_tall_masks
 from ..config import ConfigError, to_container
@@ -114,7 +115,7 @@ def run(settings: RunSettings, run_dir: Path | None = None,
         if not method.uses_finetuned:
             result = None
         else:
-            finetuned = [open_state_dict(p) for p in finetuned_paths]
+            finetuned = [open_task_source(p, theta0) for p in finetuned_paths]  # checkpoints or LoRA adapters
             rules = rules_for(theta0, svd_keys=settings.svd_keys, average_keys=settings.average_keys)
             try:
                 check_rules_match(rules, {key: theta0.shape(key) for key in theta0},

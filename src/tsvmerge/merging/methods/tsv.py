@@ -13,7 +13,7 @@ import numpy as np
 
 from ..entry_rules import EntryRules
 from ..interference import interference_per_block, singular_task_interference
-from ..lora import factored_mean, factored_task_singular_vectors
+from ..lora import factored_mean, factored_svd, factored_task_singular_vectors
 from ..registry import AblationRow, EntryMerge, MergeMethod, register
 from ..svd import SVDMode
 from ..task_vectors import TaskEntry, TaskVectors
@@ -167,8 +167,13 @@ class TSVC(MergeMethod):
                                         for t in range(entry.num_tasks)])
         rows, cols = entry.shape
         k = components_per_task(rows, cols, entry.num_tasks)
-        factors = tsv_compress_matrix(entry.deltas(entry.changed), k, self.svd)
         per_task: list[Any] = [None] * entry.num_tasks
+        if entry.factored:  # LoRA updates: each task's top k from the exact SVD of its factors
+            for task in entry.changed:
+                U, s, V = factored_svd(entry.updates[task], entry.device)  # type: ignore[arg-type]
+                per_task[task] = LowRankFactors(U[:, :k], s[:k], V[:, :k])
+            return EntryMerge(per_task=per_task)
+        factors = tsv_compress_matrix(entry.deltas(entry.changed), k, self.svd)
         for task, compressed in zip(entry.changed, factors, strict=True):
             per_task[task] = compressed
         return EntryMerge(per_task=per_task)
