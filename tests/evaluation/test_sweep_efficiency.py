@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import tsvmerge.evaluation.eval_data as eval_data
+import tsvmerge.checkpoints.peft_adapter as peft_adapter
 import tsvmerge.recipes.merge_and_evaluate as merge_and_evaluate
 import tsvmerge.models.encoder as encoder_module
 from tests.support.entry_points import load, run_main
@@ -60,6 +61,7 @@ def test_sweep_reads_checkpoints_once_and_builds_datasets_once(world: World, met
         splits.append(self)
 
     monkeypatch.setattr(merge_and_evaluate, "open_state_dict", counting_open)
+    monkeypatch.setattr(peft_adapter, "open_state_dict", counting_open)  # the fine-tuned checkpoints' opener
     monkeypatch.setattr(eval_data, "get_dataset", counting_get)
     monkeypatch.setattr(encoder_module, "create_clip", counting_create)
     monkeypatch.setattr(torch, "load", counting_load)
