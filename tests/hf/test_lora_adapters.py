@@ -272,3 +272,36 @@ def test_tsvc_on_adapters_equals_tsvc_on_the_materialized_adapters(adapters, tmp
             tau = theirs[key] - theta0[key]
             error = float((ours[key] - theirs[key]).norm()) / max(float(tau.norm()), 1e-12)
             assert error <= 1e-5 or float(tau.norm()) < 1e-6, (task, key, error)
+
+
+def test_adapters_and_their_base_resolve_from_the_hub_cache_offline(adapters, tmp_path, monkeypatch):
+    import shutil
+
+    base, folders, _ = adapters
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    cache = tmp_path / "hub"
+
+    def cached(repo_id, folder):
+        repo = cache / f"models--{repo_id.replace('/', '--')}"
+        shutil.copytree(folder, repo / "snapshots" / commit)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit)
+
+    cached("org/base", base)
+    for i, folder in enumerate(folders[1:]):
+        local = tmp_path / f"lora{i}"
+        shutil.copytree(folder, local)
+        config = json.loads((local / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = "org/base"
+        (local / "adapter_config.json").write_text(json.dumps(config))
+        cached(f"org/lora{i}", local)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert _run("--method", "TSVM", "--finetuned", "org/lora0", "org/lora1", "--out", tmp_path / "hub_out") == 0
+    assert _run("--method", "TSVM", "--pretrained", base, "--finetuned", *folders[1:], "--out",
+                tmp_path / "local_out") == 0
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "hub_out" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "local_out" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

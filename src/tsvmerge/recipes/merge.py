@@ -503,6 +503,9 @@ def run(args: argparse.Namespace) -> int:
         check_rules_match(rules, {key: pretrained.shape(key) for key in pretrained})
         if collective.rank == 0 and (folder_base or method.task_specific):
             remove_stale_temporaries(args.out)
+        if adapter_out and collective.world_size > 1:
+            raise ValueError("a merged adapter is written by one process (its factored merge takes seconds): run "
+                             "without torchrun, or add --merge-into-base for a model folder")
         if method.calibration is not None and collective.world_size > 1:
             raise ValueError(f"{method.name} calibrates on whole models: run it in a single process")
         calibration = None
