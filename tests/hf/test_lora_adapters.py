@@ -91,12 +91,14 @@ def _shared_methods():
     return names
 
 
-@pytest.mark.parametrize("method", _shared_methods())
+@pytest.mark.parametrize("method", _shared_methods() + ["regmean"])
 def test_every_method_on_adapters_equals_the_dense_merge_of_the_materialized_adapters(adapters, tmp_path, method):
     base, folders, dense = adapters
     extra = ["--set", "tall_lambda=0.4"] if method == "consensus" else []
     if method == "cart":
         extra = ["--set", "prior=0.5", "rank_ratio=0.25"]
+    if method == "regmean":  # the same token ids per task through θ0 + ΔW, formed from the factors
+        extra = ["--calibration", _tokens(tmp_path, len(folders))]
     out, reference = tmp_path / "from_adapters", tmp_path / "dense"
     assert _run("--method", method, "--pretrained", base, "--finetuned", *folders, "--out", out, "--merge-into-base",
                 "--alpha", "0.8", *extra) == 0
@@ -108,6 +110,27 @@ def test_every_method_on_adapters_equals_the_dense_merge_of_the_materialized_ada
         tau_ours, tau_dense = ours[key] - theta0[key], theirs[key] - theta0[key]
         scale = max(float(tau_dense.norm()), 1e-12)
         assert float((tau_ours - tau_dense).norm()) / scale <= 1e-5 or float(tau_dense.norm()) < 1e-6, key
+
+
+def _tokens(folder, tasks):
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(3)
+    path = folder / "tokens.safetensors"
+    save_file({str(i): torch.randint(0, 128, (6, 16), generator=g) for i in range(tasks)}, str(path))
+    return path
+
+
+def test_esm_refuses_adapters_that_leave_a_decomposed_map_alone(adapters, tmp_path, capsys):
+    """ESM's essential subspace of a task that does not change a map is undefined (SPEC_ESM E9): adapters with
+    different targets are refused, naming the task and the map; maps no adapter changes are not calibrated."""
+    base, folders, _ = adapters
+    capsys.readouterr()
+    assert _run("--method", "esm", "--pretrained", base, "--finetuned", *folders, "--calibration",
+                _tokens(tmp_path, 3), "--out", tmp_path / "refused") == 2
+    err = capsys.readouterr().err
+    assert "task 'task0' leaves 'model.layers.0.self_attn.k_proj.weight' unchanged" in err, err
+    assert not (tmp_path / "refused").exists()
 
 
 # ------------------------------------------------------------------------------------- adapters written out

@@ -85,6 +85,11 @@ def calibrate(method: MergeMethod, tasks: TaskVectors, module: nn.Module,
     keys = method.calibration_keys(available, tasks.rules)
     if not keys:
         raise CalibrationError(f"{method.name}: the model has no linear map whose inputs it uses")
+    # A map no task changes keeps θ0's weight whatever the method: nothing to calibrate (LoRA adapters leave most
+    # maps alone).
+    keys = [key for key in keys if tasks.entry(key).changed]
+    if not keys:
+        raise CalibrationError(f"{method.name}: no task changes a linear map whose inputs it uses")
     method.begin_calibration(tasks, keys)
     module.eval()
     bar = tqdm(range(tasks.num_tasks), desc=f"calibration ({method.name})", disable=not progress, unit="task")

@@ -229,6 +229,10 @@ class PeftAdapter(LazyStateDict):
 
     # ------------------------------------------------------------------------------------------ the mapping
 
+    def changes(self, key: str) -> bool:
+        """Whether the adapter changes ``key`` (through factors, or a tensor saved whole)."""
+        return key in self._factors or key in self._full
+
     def factors(self, key: str) -> LoRAFactors | None:
         """ΔW's factors for ``key``, or None when the adapter does not target it."""
         return self._factors.get(key)

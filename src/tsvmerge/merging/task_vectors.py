@@ -185,7 +185,8 @@ class TaskVectors:
         return len(self.finetuned)
 
     def entry(self, key: str) -> TaskEntry:
-        entry = TaskEntry(key, self.pretrained[key], [self._task_value(ft, key) for ft in self.finetuned], self.device,
+        base = self.pretrained[key]
+        entry = TaskEntry(key, base, [self._task_value(ft, key, base) for ft in self.finetuned], self.device,
                           self.rules)
         if key not in self._checked:
             self._check_finite(entry)
@@ -193,9 +194,12 @@ class TaskVectors:
         return entry
 
     @staticmethod
-    def _task_value(finetuned: Mapping[str, Tensor], key: str) -> Tensor | LoRAFactors:
-        """A task's tensor of ``key``, or its LoRA factors when an adapter changes the entry through them."""
+    def _task_value(finetuned: Mapping[str, Tensor], key: str, base: Tensor) -> Tensor | LoRAFactors:
+        """A task's tensor of ``key``; for a LoRA adapter its factors, or θ0's own tensor (``base``, not read again)
+        where the adapter leaves the entry alone."""
         if isinstance(finetuned, PeftAdapter):
+            if not finetuned.changes(key):
+                return base
             found = finetuned.factors(key)
             if found is not None:
                 return found
@@ -209,7 +213,8 @@ class TaskVectors:
     def _check_finite(self, entry: TaskEntry) -> None:
         check_finite(entry.pretrained, entry.key, self.pretrained_source)
         for value, source in zip(entry._inputs, self.sources):
-            if isinstance(value, Tensor):  # LoRA factors are checked when the adapter is read
+            # LoRA factors and saved tensors are checked when the adapter is read; θ0's own tensor just above
+            if isinstance(value, Tensor) and value is not entry.pretrained:
                 check_finite(value, entry.key, source)
 
     def entries(self, description: str | None = None, *, progress: bool = False,

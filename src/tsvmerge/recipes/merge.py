@@ -733,8 +733,8 @@ def write_merged_adapter(method: MergeMethod, tasks: TaskVectors, adapters: Sequ
     ranks: dict[str, int] = {}
     errors: dict[str, float] = {}
     saved: list[str] = []
-    keys = tqdm(tasks.own_keys, desc=f"merge ({method.name}, adapters)", disable=not progress, unit="entry",
-                leave=False)
+    changed = sorted({key for adapter in adapters for key in (*adapter.targeted, *adapter.saved)})
+    keys = tqdm(changed, desc=f"merge ({method.name}, adapters)", disable=not progress, unit="entry", leave=False)
     for merged in merge_adapter_entries(method, tasks, list(keys), set(layout), max_rank=max_rank):
         coefficient = alpha if method.alpha_scaled(merged.key) else 1.0
         if merged.factors is not None:
