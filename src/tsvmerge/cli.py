@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(command).parse_args(argv)
     args.argv = [PROG, *argv]
     if args.command == "methods":
-        from .merging.registry import method_class, method_label
+        from .merging.registry import build_method, method_class, method_label
 
         # Per method: name, label and reference, then its parameters with their defaults.
         for name in available_methods():
@@ -54,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             params = ", ".join(f"{k}={v!r}" for k, v in method_parameters(name).items()) or "-"
             print(f"{name:26s} {method_label(name)}" + (f" — {reference}" if reference else ""))
             print(f"{'':26s} {params}")
+            if build_method(name).merges_factors():
+                print(f"{'':26s} LoRA adapters: merged exactly from their factors, written as an adapter")
             needs = method_class(name).calibration
             if needs is not None:
                 print(f"{'':26s} data: {needs.samples} unlabeled samples per task ({needs.split} split, seed "

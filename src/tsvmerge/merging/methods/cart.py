@@ -2,7 +2,8 @@
 
 The class wires its parameters to the pure tensor functions of ``cart``; the streaming engine feeds it one entry at a
 time. CART selects its low-rank entries by name as its authors do (among the matrices of the entry rules); every
-other floating entry gets the plain average.
+other floating entry gets the plain average. Entries changed only by LoRA updates are merged from their factors
+(same result, no dense update formed).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..cart import PUBLISHED_SETTINGS, cart_entry, is_low_rank_key
+from ..cart import PUBLISHED_SETTINGS, cart_entry, cart_factors, is_low_rank_key
+from ..lora import update_sides
 from ..registry import EntryMerge, MergeMethod, register
 from ..task_vectors import TaskEntry, TaskVectors
+from ..tsv import LowRankFactors
 
 #: Model whose CART settings the authors published (their configs are all ViT-B-32).
 CART_PUBLISHED_MODEL = "ViT-B-32"
@@ -72,9 +75,23 @@ class Cart(MergeMethod):
 
     def merge_entry(self, entry: TaskEntry) -> EntryMerge:
         assert self.prior is not None and self.rank_ratio is not None  # checked by prepare
-        # The published name rule (attention and MLP matrices), among the entries the rule set treats as matrices.
-        low_rank = is_low_rank_key(entry.key, entry.shape) and entry.uses_svd()
-        return EntryMerge(task_vector=cart_entry(entry.deltas(), self.prior, self.rank_ratio, low_rank=low_rank))
+        return EntryMerge(task_vector=cart_entry(entry.deltas(), self.prior, self.rank_ratio,
+                                                 low_rank=self._low_rank(entry)))
+
+    def merges_factors(self) -> bool:
+        return True
+
+    def merge_factors(self, entry: TaskEntry) -> LowRankFactors:
+        assert self.prior is not None and self.rank_ratio is not None  # checked by prepare
+        rows, cols = entry.shape
+        return cart_factors(update_sides(entry.updates, entry.device), rows, cols, self.prior, self.rank_ratio,
+                            low_rank=self._low_rank(entry))
+
+    @staticmethod
+    def _low_rank(entry: TaskEntry) -> bool:
+        """The published name rule (attention and MLP matrices), among the entries the rule set treats as
+        matrices."""
+        return is_low_rank_key(entry.key, entry.shape) and entry.uses_svd()
 
 
 def _missing_cart_settings(model: str | None, num_tasks: int) -> str:

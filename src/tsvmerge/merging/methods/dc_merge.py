@@ -2,7 +2,7 @@
 
 The class wires its parameters to the pure tensor functions of ``dc_merge``; the streaming engine feeds it one entry
 at a time. Matrix entries follow the TSV-M rule (2-D, not ``text_projection``); every other floating entry gets
-mean τ.
+mean τ. Entries changed only by LoRA updates are merged from their factors (same result, no dense update formed).
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..dc_merge import DEFAULT_DENSITY, dc_merge_matrix
+from ..dc_merge import DEFAULT_DENSITY, dc_merge_factors, dc_merge_matrix
+from ..lora import factored_mean, factored_svd
 from ..registry import EntryMerge, MergeMethod, register
 from ..task_vectors import TaskEntry
-from ..tsv import mean_of_tasks
+from ..tsv import LowRankFactors, mean_of_tasks
 
 
 @register
@@ -45,3 +46,14 @@ class DCMerge(MergeMethod):
             return EntryMerge(task_vector=mean_of_tasks(entry.deltas()))
         merged = dc_merge_matrix(entry.deltas(entry.changed), self.density, num_tasks=entry.num_tasks)
         return EntryMerge(task_vector=merged)
+
+    def merges_factors(self) -> bool:
+        return True
+
+    def merge_factors(self, entry: TaskEntry) -> LowRankFactors:
+        if not entry.uses_svd():
+            return factored_mean(entry.updates, entry.num_tasks, entry.device)
+        rows, cols = entry.shape
+        components = [factored_svd(update, entry.device) for update in entry.updates
+                      if update is not None and not update.is_zero()]
+        return dc_merge_factors(components, rows, cols, entry.num_tasks, self.density)

@@ -2,7 +2,7 @@
 
 Each class wires its parameters to the pure tensor functions of ``isotropic``; the streaming engine feeds it one entry
 at a time. Matrix entries follow the TSV-M rule (2-D, not ``text_projection``); every other floating entry gets
-mean τ.
+mean τ. Entries changed only by LoRA updates are merged from their factors (same result, no dense update formed).
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..isotropic import iso_c_matrix, iso_cts_matrix, iso_cts_sizes
+from ..isotropic import iso_c_factors, iso_c_matrix, iso_cts_factors, iso_cts_matrix, iso_cts_sizes
+from ..lora import factored_mean, update_sides
 from ..registry import EntryMerge, MergeMethod, register
 from ..task_vectors import TaskEntry, TaskVectors
-from ..tsv import mean_of_tasks
+from ..tsv import LowRankFactors, mean_of_tasks
 
 #: The paper of Iso-C and Iso-CTS.
 ISO_REFERENCE = ("Marczak et al., No Task Left Behind: Isotropic Model Merging with Common and Task-Specific "
@@ -35,6 +36,9 @@ class _IsotropicMerge(MergeMethod):
 
     def alpha_sweep_patience(self) -> int | None:
         return self.early_stop_patience
+
+    def merges_factors(self) -> bool:
+        return True
 
     def _patience_suffix(self) -> str:
         if self.early_stop_patience == 3:
@@ -62,6 +66,12 @@ class IsoC(_IsotropicMerge):
         if not entry.uses_svd():
             return EntryMerge(task_vector=mean_of_tasks(entry.deltas()))
         return EntryMerge(task_vector=iso_c_matrix(entry.deltas(entry.changed)))
+
+    def merge_factors(self, entry: TaskEntry) -> LowRankFactors:
+        if not entry.uses_svd():
+            return factored_mean(entry.updates, entry.num_tasks, entry.device)
+        rows, cols = entry.shape
+        return iso_c_factors(update_sides(entry.updates, entry.device), rows, cols)
 
 
 @register
@@ -101,3 +111,9 @@ class IsoCTS(_IsotropicMerge):
         if not entry.uses_svd():
             return EntryMerge(task_vector=mean_of_tasks(entry.deltas()))
         return EntryMerge(task_vector=iso_cts_matrix(entry.deltas(), self.common_space_fraction))
+
+    def merge_factors(self, entry: TaskEntry) -> LowRankFactors:
+        if not entry.uses_svd():
+            return factored_mean(entry.updates, entry.num_tasks, entry.device)
+        rows, cols = entry.shape
+        return iso_cts_factors(update_sides(entry.updates, entry.device), rows, cols, self.common_space_fraction)
