@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from tests.support.hf_models import load
-from tests.support.lora_adapters import make_adapter, make_adapters, materialize, peft
+from tests.support.lora_adapters import make_adapters, materialize, peft
 from tsvmerge.checkpoints.hf_folder import HFModelFolder
 from tsvmerge.checkpoints.peft_adapter import LoRAFactors, PeftAdapter
 from tsvmerge.cli import main
 from tsvmerge.merging import available_methods
-from tsvmerge.merging.registry import method_class
 from tsvmerge.merging.lora import factored_svd, truncate_rank
+from tsvmerge.merging.registry import method_class
 from tsvmerge.merging.tsv import LowRankFactors
 
 

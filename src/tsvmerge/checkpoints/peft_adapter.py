@@ -31,8 +31,21 @@ from torch import Tensor
 from .errors import CheckpointFormatError, CheckpointMismatchError, NonFiniteCheckpointError
 from .state_dict import LazyStateDict, open_state_dict
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_FILES", "AdapterError", "LoRAFactors", "PeftAdapter", "adapter_config_for", "adapter_tensors",
-           "is_adapter_folder", "module_name", "open_task_source", "peft_key", "read_adapter_config", "write_adapter"]
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_FILES",
+    "AdapterError",
+    "LoRAFactors",
+    "PeftAdapter",
+    "adapter_config_for",
+    "adapter_tensors",
+    "is_adapter_folder",
+    "module_name",
+    "open_task_source",
+    "peft_key",
+    "read_adapter_config",
+    "write_adapter",
+]
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
