@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tsvmerge.data import SYNTHETIC_TASKS
 
@@ -82,3 +83,62 @@ def test_rerun_reuses_what_is_cached(demo_run: tuple[Path, str]) -> None:
     out = _demo(tmp)
     assert "(cached)" in out and "merge results: all cached" in out
     assert "pre-training the demo CLIP" not in out and "Launching" not in out
+
+
+def _to_adapters(models: Path, adapters: Path, materialized: Path, rank: int = 4) -> None:
+    """Two copies of the demo's checkpoint folder: in ``adapters`` each task's fine-tuning of the visual tower's
+    linear maps becomes a PEFT LoRA adapter (its rank-``rank`` truncation, ``<Task>Val/adapter/``, no
+    ``nonlinear_finetuned.pt``); in ``materialized`` the same updates are written into full checkpoints."""
+    import re
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from tsvmerge.checkpoints.state_dict import open_state_dict, save_state_dict
+
+    shutil.copytree(models, adapters)
+    shutil.copytree(models, materialized)
+    for task_folder in sorted((models / "demo").glob("*Val")):
+        theta0 = dict(open_state_dict(task_folder / "nonlinear_zeroshot.pt").items())
+        finetuned = dict(open_state_dict(task_folder / "nonlinear_finetuned.pt").items())
+        full, tensors = {key: value.clone() for key, value in theta0.items()}, {}
+        for key in theta0:
+            found = re.fullmatch(r"model\.visual\.(transformer\.resblocks\.\d+\.(mlp\.c_fc|mlp\.c_proj|attn\.out_proj))"
+                                 r"\.weight", key)
+            if found is None:
+                continue
+            U, s, Vh = torch.linalg.svd((finetuned[key] - theta0[key]).double(), full_matrices=False)
+            B, A = (U[:, :rank] * s[:rank]).float(), Vh[:rank].float()
+            tensors[f"base_model.model.{found[1]}.lora_A.weight"] = A.contiguous()
+            tensors[f"base_model.model.{found[1]}.lora_B.weight"] = B.contiguous()
+            full[key] = theta0[key] + B @ A
+        adapter = adapters / "demo" / task_folder.name / "adapter"
+        adapter.mkdir()
+        save_file(tensors, str(adapter / "adapter_model.safetensors"))
+        (adapter / "adapter_config.json").write_text(json.dumps(
+            {"peft_type": "LORA", "r": rank, "lora_alpha": rank, "target_modules": ["c_fc", "c_proj", "out_proj"]}))
+        (adapters / "demo" / task_folder.name / "nonlinear_finetuned.pt").unlink()
+        save_state_dict(full, materialized / "demo" / task_folder.name / "nonlinear_finetuned.pt")
+
+
+def test_lora_adapters_on_the_demo_model_merge_and_evaluate_as_their_materialized_checkpoints(
+        demo_run: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+
+    from tests.support.entry_points import run_main
+
+    tmp, out = demo_run
+    printed = out.split("==> merging and evaluating: TSVM\n$ ", 1)[1].split("\n", 1)[0]
+    args = [arg for arg in shlex.split(printed)[2:]  # after `python main.py`
+            if not arg.startswith(("model_location=", "results_dir=", "method=", "n_eval_points="))]
+    _to_adapters(tmp / "models" / "checkpoints", tmp_path / "adapters", tmp_path / "materialized")
+    payloads = {}
+    for kind in ("adapters", "materialized"):
+        results = tmp_path / f"results_{kind}"
+        assert run_main([*args, "method=TSVM", "n_eval_points=3", f"model_location={tmp_path / kind}",
+                         f"results_dir={results}",
+                         f"ft_accuracies={tmp / 'results' / 'single_task' / 'demo' / 'nonlinear_ft_accuracies.json'}",
+                         f"hydra.run.dir={results / 'run'}"], monkeypatch) == 0
+        payloads[kind] = json.loads(next((results / "merging").glob("*.json")).read_text())
+    for field in ("alpha", "alpha_grid", "test", "val", "val_best"):
+        assert payloads["adapters"][field] == payloads["materialized"][field], field

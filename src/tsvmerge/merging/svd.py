@@ -102,6 +102,19 @@ def linalg_svd(A: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return U.to(A.dtype), s.to(A.dtype), Vh.to(A.dtype)
 
 
+def symmetric_eigh(G: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.linalg.eigh`` of a symmetric matrix (batch), repeated in float64 when the float32 routine fails to
+    converge, as it can on Gram matrices with many repeated (zero) eigenvalues: those of concatenations whose
+    null components were zeroed."""
+    try:
+        return torch.linalg.eigh(G)
+    except torch.linalg.LinAlgError:
+        if G.dtype == torch.float64:
+            raise
+    eigvals, eigvecs = torch.linalg.eigh(G.to(torch.float64))
+    return eigvals.to(G.dtype), eigvecs.to(G.dtype)
+
+
 def _full_svd(A: Tensor, k: int) -> TruncatedSVD:
     U, s, Vh = linalg_svd(A)
     return TruncatedSVD(U[..., :k], s[..., :k], Vh[..., :k, :])
@@ -157,7 +170,7 @@ def _gram_eigenvectors(A: Tensor) -> Tensor:
     the time and a float64 copy per task. The cut inside a noise floor is ill-defined at float32 precision
     whatever the solver, so the faster route is the default; ``svd=full`` runs LAPACK.
     """
-    return torch.linalg.eigh(A.mT @ A)[1]
+    return symmetric_eigh(A.mT @ A)[1]
 
 
 def _randomized_svd(A: Tensor, k: int, *, oversample: int | None, power_iters: int | None,
@@ -233,7 +246,7 @@ def polar_factor(A: Tensor) -> Tensor:
     if A.shape[-2] < A.shape[-1]:
         return polar_factor(A.mT).mT
     if A.shape[-2] >= 2 * A.shape[-1]:
-        eigvals, W = torch.linalg.eigh(A.mT @ A)
+        eigvals, W = symmetric_eigh(A.mT @ A)
         if bool((eigvals[..., 0] >= _GRAM_POLAR_MIN_EIG_RATIO * eigvals[..., -1]).all()):
             return _times_inverse_sqrt(A, eigvals, W)
         # LAPACK's SVD of the small square R is much cheaper than of A itself.
@@ -284,7 +297,7 @@ def whitening(A: Tensor, eps: float = 1e-12) -> Tensor:
     Equal to :func:`polar_factor` for full-column-rank ``A``; squares the condition number, so
     in float32 it is less precise. ``eps`` guards the inverse square root exactly as published.
     """
-    eigvals, Q = torch.linalg.eigh(A.mT @ A)
+    eigvals, Q = symmetric_eigh(A.mT @ A)
     inv_sqrt = 1.0 / (torch.sqrt(torch.abs(eigvals)) + eps)
     return A @ (Q * inv_sqrt.unsqueeze(-2)) @ Q.mT
 
