@@ -284,10 +284,11 @@ def test_bad_adapter_inputs_are_one_clear_error_and_nothing_is_written(adapters,
     assert not out.exists()
 
 
-def test_tsvc_on_adapters_equals_tsvc_on_the_materialized_adapters(adapters, tmp_path):
+@pytest.mark.parametrize("method", ["TSVC", "tall_mask", "mag_masking"])
+def test_task_specific_methods_on_adapters_equal_them_on_the_materialized_adapters(adapters, tmp_path, method):
     base, folders, dense = adapters
-    assert _run("--method", "TSVC", "--pretrained", base, "--finetuned", *folders, "--out", tmp_path / "ours") == 0
-    assert _run("--method", "TSVC", "--pretrained", base, "--finetuned", *dense, "--out", tmp_path / "dense") == 0
+    assert _run("--method", method, "--pretrained", base, "--finetuned", *folders, "--out", tmp_path / "ours") == 0
+    assert _run("--method", method, "--pretrained", base, "--finetuned", *dense, "--out", tmp_path / "dense") == 0
     theta0 = _state(base)
     for task in range(len(folders)):
         ours, theirs = _state(tmp_path / "ours" / f"task{task}"), _state(tmp_path / "dense" / f"task{task}")
