@@ -22,20 +22,25 @@ from .task_vectors import TaskVectors, workspace_bytes
 from .tsv import LowRankFactors, TaskSingularVectors, significant_components
 
 __all__ = ["AdapterEntry", "dense_factors", "factored_mean", "factored_sum", "factored_svd",
-           "factored_task_singular_vectors", "merge_adapter_entries", "truncate_rank"]
+           "factored_task_singular_vectors", "merge_adapter_entries", "product_svd", "truncate_rank", "update_sides"]
+
+
+def product_svd(left: Tensor, right: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The exact thin SVD ``(U [m, q], s [q], V [n, q])`` of ``left @ rightᵀ`` (left [m, p], right [n, p]),
+    q = min(m, n, p), from two thin QRs and a q × q SVD: every component, numerically zero ones included, so that
+    callers judge significance against the scale that matters to them (not always this matrix's own σ1)."""
+    Q_l, R_l = torch.linalg.qr(left)
+    Q_r, R_r = torch.linalg.qr(right)
+    U_c, s, V_ch = torch.linalg.svd(R_l @ R_r.mT, full_matrices=False)
+    return Q_l @ U_c, s, Q_r @ V_ch.mT
 
 
 def factored_svd(factors: LoRAFactors, device: torch.device | str | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """The exact thin SVD ``(U [m, q], s [q], V [n, q])`` of ΔW = scale·B·A, float32, singular values descending,
     numerically zero components dropped (q ≤ r)."""
-    B = factors.B.to(device, torch.float32)
-    A = factors.A.to(device, torch.float32)
-    Q_b, R_b = torch.linalg.qr(B)
-    Q_a, R_a = torch.linalg.qr(A.mT)
-    core = (R_b * factors.scale) @ R_a.mT
-    U_c, s, V_ch = torch.linalg.svd(core, full_matrices=False)
+    U, s, V = product_svd(factors.B.to(device, torch.float32) * factors.scale, factors.A.to(device, torch.float32).mT)
     keep = significant_components(s, *factors.shape)
-    return Q_b @ U_c[:, keep], s[keep], Q_a @ V_ch[keep].mT
+    return U[:, keep], s[keep], V[:, keep]
 
 
 def factored_task_singular_vectors(factors: Sequence[LoRAFactors | None], k: int,
@@ -81,15 +86,12 @@ def truncate_rank(factors: LowRankFactors, max_rank: int) -> tuple[LowRankFactor
     relative Frobenius error ‖X − X_R‖ / ‖X‖ (0 when the rank is already at most ``max_rank``)."""
     if max_rank < 1:
         raise ValueError(f"max_rank must be at least 1, got {max_rank}")
-    Q_u, R_u = torch.linalg.qr(factors.U * factors.s)
-    Q_v, R_v = torch.linalg.qr(factors.V)
-    U_c, s, V_ch = torch.linalg.svd(R_u @ R_v.mT, full_matrices=False)
-    keep = significant_components(s, factors.U.shape[0], factors.V.shape[0])
-    s, U_c, V_c = s[keep], U_c[:, keep], V_ch[keep].mT
+    U, s, V = product_svd(factors.U * factors.s, factors.V)
+    keep = significant_components(s, U.shape[0], V.shape[0])
+    U, s, V = U[:, keep], s[keep], V[:, keep]
     total = float(torch.linalg.vector_norm(s))
     dropped = float(torch.linalg.vector_norm(s[max_rank:]))
-    return (LowRankFactors(Q_u @ U_c[:, :max_rank], s[:max_rank], Q_v @ V_c[:, :max_rank]),
-            dropped / total if total > 0 else 0.0)
+    return LowRankFactors(U[:, :max_rank], s[:max_rank], V[:, :max_rank]), dropped / total if total > 0 else 0.0
 
 
 def dense_factors(tau: Tensor) -> LowRankFactors:
@@ -152,13 +154,3 @@ def update_sides(factors: Sequence[LoRAFactors | None],
     Iso-C, Iso-CTS, DC-Merge and CART takes, free of LoRA's conventions."""
     return [None if f is None or f.is_zero() else
             (f.B.to(device, torch.float32) * f.scale, f.A.to(device, torch.float32).mT) for f in factors]
-
-
-def product_svd(left: Tensor, right: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The exact thin SVD ``(U [m, q], s [q], V [n, q])`` of ``left @ rightᵀ`` (left [m, p], right [n, p]),
-    q = min(m, n, p), from two thin QRs and a q × q SVD: every component, numerically zero ones included, so that
-    callers judge significance against the scale that matters to them (not always this matrix's own σ1)."""
-    Q_l, R_l = torch.linalg.qr(left)
-    Q_r, R_r = torch.linalg.qr(right)
-    U_c, s, V_ch = torch.linalg.svd(R_l @ R_r.mT, full_matrices=False)
-    return Q_l @ U_c, s, Q_r @ V_ch.mT

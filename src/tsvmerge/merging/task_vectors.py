@@ -205,11 +205,6 @@ class TaskVectors:
                 return found
         return finetuned[key]
 
-    @property
-    def has_adapters(self) -> bool:
-        """Whether some task is a LoRA adapter (its targeted entries come as factors)."""
-        return any(isinstance(ft, PeftAdapter) for ft in self.finetuned)
-
     def _check_finite(self, entry: TaskEntry) -> None:
         check_finite(entry.pretrained, entry.key, self.pretrained_source)
         for value, source in zip(entry._inputs, self.sources):
