@@ -17,6 +17,11 @@ of CUDA allocations when merging on a GPU (``--device cuda[:i]``).
 The data-aware methods (esm, regmean) are timed with their calibration pass included: the image encoder built from
 θ0, ``--calibration-samples`` random preprocessed images per task (seeded) pushed through each task's encoder, the
 statistics folded into the method, then the merge.
+
+With TSVM among the methods, the same run then times the plain algorithm (``reference_tsvm.py``: a full float32 SVD
+per task matrix and two for the Procrustes factors, as SPEC.md states it and its authors run it) on every matrix TSVM
+decomposes, reading excluded, prints the ratio of its time to TSVM's, and measures both against the float64
+definition, matrix by matrix (``--accuracy-keys`` restricts that check, ``--no-plain`` skips the baseline).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -149,6 +155,37 @@ def run_one(method: str, model: str, zeroshot: Path, finetuned: list[Path], svd:
             "peak_cuda_gib": None if report.peak_cuda_bytes is None else report.peak_cuda_bytes / 2**30}
 
 
+def plain_comparison(zeroshot: Path, finetuned: list[Path], svd: str | None, accuracy_keys: str | None):
+    """The plain float32 baseline timed on every matrix TSVM decomposes, and the accuracy of both (in-process, our
+    merged entries computed by the TSVM method as the merge computes them)."""
+    from reference_tsvm import compare, with_threads
+
+    from tsvmerge.checkpoints import open_state_dict
+    from tsvmerge.merging import TaskVectors, build_method
+    from tsvmerge.merging.parallel import default_workers
+
+    tasks = TaskVectors(open_state_dict(zeroshot), [open_state_dict(p) for p in finetuned], device="cpu")
+    method = build_method("TSVM", {"svd": svd} if svd else None)
+    method.prepare(tasks)
+
+    def entry_threads() -> int:  # as the merge runs each entry: one BLAS thread per worker when there are several
+        return 1 if default_workers(torch.device("cpu")) > 1 else torch.get_num_threads()
+
+    keys = [key for key in tasks.keys if tasks.rules.uses_svd(key, tasks.shape(key)) and tasks.entry(key).changed]
+    pattern = re.compile(accuracy_keys) if accuracy_keys else None
+    done: list[str] = []
+
+    def progress(key: str) -> None:
+        done.append(key)
+        print(f"\r  plain baseline: {len(done)}/{len(keys)} matrices", end="", flush=True)
+
+    result = compare(((key, lambda key=key: tasks.entry(key).deltas()) for key in keys),
+                     with_threads(entry_threads(), lambda key: method.merge_entry(tasks.entry(key)).task_vector),
+                     accuracy=lambda key: pattern is None or bool(pattern.search(key)), progress=progress)
+    print()
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="ViT-B-32", help="open_clip architecture (ViT-B-32, ViT-B-16, ViT-L-14...)")
@@ -161,6 +198,9 @@ def main() -> int:
                         help="data-aware methods: random images per task in the calibration pass (default 32)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where synthetic checkpoints are kept")
     parser.add_argument("--json", type=Path, help="also append the results to this JSON-lines file")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain TSV-M baseline and accuracy check")
+    parser.add_argument("--accuracy-keys", default=None,
+                        help="regular expression: check accuracy on the matching matrices only (default: all)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -192,6 +232,21 @@ def main() -> int:
         if args.json:
             with args.json.open("a") as fh:
                 fh.write(json.dumps({"model": args.model, **row}) + "\n")
+        if row["method"] == "TSVM":
+            tsvm_seconds = row["seconds"]
+    if "TSVM" in args.method and not args.no_plain and args.device in ("auto", "cpu"):
+        comparison = plain_comparison(zeroshot, finetuned, args.svd, args.accuracy_keys)
+        print(f"plain TSV-M (float32, full SVDs): {comparison.plain_seconds:.1f} s; TSVM {tsvm_seconds:.1f} s: "
+              f"{comparison.plain_seconds / tsvm_seconds:.2f}x")
+        print(comparison.summary())
+        for key, shape, ours, plain in comparison.failures:
+            print(f"  outside the contract: {key} {shape}: ours {ours:.2e}, plain {plain:.2e}")
+        if args.json:
+            with args.json.open("a") as fh:
+                fh.write(json.dumps({"model": args.model, "method": "plain TSV-M (reference)",
+                                     "seconds": comparison.plain_seconds, "accuracy": [
+                                         {"key": k, "shape": s, "ours": o, "plain": p}
+                                         for k, s, o, p in comparison.rows]}) + "\n")
     return 0
 
 

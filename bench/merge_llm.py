@@ -12,6 +12,12 @@ a low-rank-plus-noise delta and every vector by noise. Each merge runs as a fres
 memory-mapped inputs excluded) are sampled from /proc; input GB/s is (T + 1) × model bytes / wall time.
 The data-aware methods (esm, regmean) get ``--calibration`` with ``--calibration-texts`` sequences of
 ``--calibration-tokens`` random token ids per task (seeded), so their time includes the calibration pass.
+
+With TSVM among the methods, the same run then times the plain algorithm (``reference_tsvm.py``: a full float32 SVD
+per task matrix and two for the Procrustes factors, as SPEC.md states it and its authors run it) on every matrix the
+merge decomposes, reading excluded, and prints the ratio of its merge time to our whole process; and it measures both
+against the float64 definition, matrix by matrix (``--accuracy-keys`` restricts that check to the matching entries,
+``--no-plain`` skips the baseline).
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ import time
 import zlib
 from pathlib import Path
 
+import re
+
 import torch
+from reference_tsvm import compare, with_threads
 
 from tsvmerge.checkpoints.sharded import parse_size, plan_shards, write_index, write_shard
 
@@ -73,7 +82,8 @@ def write_folder(folder: Path, shapes: dict, config: dict, tensor, shard_bytes: 
 
 def build(args: argparse.Namespace) -> tuple[Path, list[Path]]:
     """θ0 and the fine-tunes in the cache (built once per configuration)."""
-    tag = f"llama_h{args.hidden}_l{args.layers}_v{args.vocab}_i{args.intermediate}_t{args.tasks}"
+    # fine-tune i depends only on the shape and i: runs with 2, 3 or 4 tasks share the folders
+    tag = f"llama_h{args.hidden}_l{args.layers}_v{args.vocab}_i{args.intermediate}"
     root = args.cache / tag
     shapes = llama_shapes(args.hidden, args.layers, args.vocab, args.intermediate, args.kv_heads, args.heads)
     config = config_json(args)
@@ -160,6 +170,38 @@ def run_mergekit(executable: str, pre: Path, fts: list[Path], out: Path, device:
     return measured(command)
 
 
+def plain_comparison(pre: Path, fts: list[Path], svd: str | None, accuracy_keys: str | None):
+    """The plain float32 baseline timed on every matrix TSVM decomposes, and the accuracy of both (in-process, our
+    merged entries computed by the TSVM method as ``tsvmerge merge`` computes them)."""
+    from tsvmerge.checkpoints.hf_folder import HFModelFolder
+    from tsvmerge.merging import TaskVectors, build_method
+    from tsvmerge.merging.parallel import default_workers
+    from tsvmerge.merging.entry_rules import rules_for
+
+    pretrained = HFModelFolder(pre)
+    rules = rules_for(pretrained.keys(), pretrained.config)
+    tasks = TaskVectors(pretrained, [HFModelFolder(ft) for ft in fts], device="cpu", rules=rules)
+    method = build_method("TSVM", {"svd": svd} if svd else None)
+    method.prepare(tasks)
+
+    def entry_threads() -> int:  # as the merge runs each entry: one BLAS thread per worker when there are several
+        return 1 if default_workers(torch.device("cpu")) > 1 else torch.get_num_threads()
+
+    keys = [key for key in tasks.keys if rules.uses_svd(key, tasks.shape(key)) and tasks.entry(key).changed]
+    pattern = re.compile(accuracy_keys) if accuracy_keys else None
+    done = []
+
+    def progress(key: str) -> None:
+        done.append(key)
+        print(f"\r  plain baseline: {len(done)}/{len(keys)} matrices", end="", flush=True)
+
+    result = compare(((key, lambda key=key: tasks.entry(key).deltas()) for key in keys),
+                     with_threads(entry_threads(), lambda key: method.merge_entry(tasks.entry(key)).task_vector),
+                     accuracy=lambda key: pattern is None or bool(pattern.search(key)), progress=progress)
+    print()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hidden", type=int, default=2048)
@@ -178,6 +220,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--calibration-texts", type=int, default=32, help="data-aware methods: sequences per task")
     parser.add_argument("--calibration-tokens", type=int, default=128, help="data-aware methods: tokens each")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain TSV-M baseline and accuracy check")
+    parser.add_argument("--accuracy-keys", default=None,
+                        help="regular expression: check accuracy on the matching matrices only (default: all)")
     args = parser.parse_args()
     args.heads = args.heads or max(1, args.hidden // 64)
     args.kv_heads = args.kv_heads or max(1, args.heads // 4)
@@ -211,6 +256,18 @@ def main() -> None:
             results.append(result)
             print(f"{label:28s} {result['seconds']:8.1f} s  peak anon {result['peak_anon_gib']:6.2f} GiB  "
                   f"peak RSS {result['peak_rss_gib']:6.2f} GiB  {result['input_gb_per_s']:7.3f} GB/s in", flush=True)
+    tsvm = next((r for r in results if r["method"] == "TSVM"), None)
+    if tsvm is not None and not args.no_plain:
+        comparison = plain_comparison(pre, fts, args.svd, args.accuracy_keys)
+        ratio = comparison.plain_seconds / tsvm["seconds"]
+        print(f"plain TSV-M (float32, full SVDs), merge alone: {comparison.plain_seconds:.1f} s; "
+              f"TSVM whole process {tsvm['seconds']:.1f} s: {ratio:.2f}x")
+        print(comparison.summary())
+        for key, shape, ours, plain in comparison.failures:
+            print(f"  outside the contract: {key} {shape}: ours {ours:.2e}, plain {plain:.2e}")
+        results.append({"method": "plain TSV-M (reference)", "seconds": comparison.plain_seconds,
+                        "ratio_to_tsvm_process": ratio, "accuracy": [
+                            {"key": k, "shape": s, "ours": o, "plain": p} for k, s, o, p in comparison.rows]})
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
