@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -156,34 +155,14 @@ def run_one(method: str, model: str, zeroshot: Path, finetuned: list[Path], svd:
 
 
 def plain_comparison(zeroshot: Path, finetuned: list[Path], svd: str | None, accuracy_keys: str | None):
-    """The plain float32 baseline timed on every matrix TSVM decomposes, and the accuracy of both (in-process, our
-    merged entries computed by the TSVM method as the merge computes them)."""
-    from reference_tsvm import compare, with_threads
+    """The plain float32 baseline and the accuracy of both, on the checkpoints' task vectors (``compare_tsvm.py``)."""
+    from compare_tsvm import plain_comparison as compare_on
 
     from tsvmerge.checkpoints import open_state_dict
-    from tsvmerge.merging import TaskVectors, build_method
-    from tsvmerge.merging.parallel import default_workers
+    from tsvmerge.merging import TaskVectors
 
     tasks = TaskVectors(open_state_dict(zeroshot), [open_state_dict(p) for p in finetuned], device="cpu")
-    method = build_method("TSVM", {"svd": svd} if svd else None)
-    method.prepare(tasks)
-
-    def entry_threads() -> int:  # as the merge runs each entry: one BLAS thread per worker when there are several
-        return 1 if default_workers(torch.device("cpu")) > 1 else torch.get_num_threads()
-
-    keys = [key for key in tasks.keys if tasks.rules.uses_svd(key, tasks.shape(key)) and tasks.entry(key).changed]
-    pattern = re.compile(accuracy_keys) if accuracy_keys else None
-    done: list[str] = []
-
-    def progress(key: str) -> None:
-        done.append(key)
-        print(f"\r  plain baseline: {len(done)}/{len(keys)} matrices", end="", flush=True)
-
-    result = compare(((key, lambda key=key: tasks.entry(key).deltas()) for key in keys),
-                     with_threads(entry_threads(), lambda key: method.merge_entry(tasks.entry(key)).task_vector),
-                     accuracy=lambda key: pattern is None or bool(pattern.search(key)), progress=progress)
-    print()
-    return result
+    return compare_on(tasks, svd, accuracy_keys)
 
 
 def main() -> int:

@@ -32,10 +32,7 @@ import time
 import zlib
 from pathlib import Path
 
-import re
-
 import torch
-from reference_tsvm import compare, with_threads
 
 from tsvmerge.checkpoints.sharded import parse_size, plan_shards, write_index, write_shard
 
@@ -171,35 +168,17 @@ def run_mergekit(executable: str, pre: Path, fts: list[Path], out: Path, device:
 
 
 def plain_comparison(pre: Path, fts: list[Path], svd: str | None, accuracy_keys: str | None):
-    """The plain float32 baseline timed on every matrix TSVM decomposes, and the accuracy of both (in-process, our
-    merged entries computed by the TSVM method as ``tsvmerge merge`` computes them)."""
+    """The plain float32 baseline and the accuracy of both, on the folders' task vectors (``compare_tsvm.py``)."""
+    from compare_tsvm import plain_comparison as compare_on
+
     from tsvmerge.checkpoints.hf_folder import HFModelFolder
-    from tsvmerge.merging import TaskVectors, build_method
-    from tsvmerge.merging.parallel import default_workers
+    from tsvmerge.merging import TaskVectors
     from tsvmerge.merging.entry_rules import rules_for
 
     pretrained = HFModelFolder(pre)
     rules = rules_for(pretrained.keys(), pretrained.config)
     tasks = TaskVectors(pretrained, [HFModelFolder(ft) for ft in fts], device="cpu", rules=rules)
-    method = build_method("TSVM", {"svd": svd} if svd else None)
-    method.prepare(tasks)
-
-    def entry_threads() -> int:  # as the merge runs each entry: one BLAS thread per worker when there are several
-        return 1 if default_workers(torch.device("cpu")) > 1 else torch.get_num_threads()
-
-    keys = [key for key in tasks.keys if rules.uses_svd(key, tasks.shape(key)) and tasks.entry(key).changed]
-    pattern = re.compile(accuracy_keys) if accuracy_keys else None
-    done = []
-
-    def progress(key: str) -> None:
-        done.append(key)
-        print(f"\r  plain baseline: {len(done)}/{len(keys)} matrices", end="", flush=True)
-
-    result = compare(((key, lambda key=key: tasks.entry(key).deltas()) for key in keys),
-                     with_threads(entry_threads(), lambda key: method.merge_entry(tasks.entry(key)).task_vector),
-                     accuracy=lambda key: pattern is None or bool(pattern.search(key)), progress=progress)
-    print()
-    return result
+    return compare_on(tasks, svd, accuracy_keys)
 
 
 def main() -> None:

@@ -6,24 +6,24 @@ triplets ``(U [T, m, k], s [T, k], Vh [T, k, n])`` in descending order.
 
 * ``full``       -- one batched thin SVD (LAPACK / cuSOLVER): the textbook definition.
 * ``exact``      -- the default. The top-k eigenvectors of the float64 Gram matrix AᵀA (formed from float32 row
-                    blocks, one task at a time) give the right singular vectors and values, A·V/s the left ones, all
-                    to float64 precision wherever σ_j is above the float32 noise level. A merge that cuts the spectrum
-                    inside a noise floor (TSV-M's k = ⌊r/T⌋ on fine-tuning deltas) depends on which of many nearly
-                    equal singular directions fall inside the cut: float32 LAPACK resolves them to about eps·σ1 (its
-                    choice moves with the thread count), a float32 Gram only to eps·σ1² (on bench/merge.py's synthetic
-                    ViT-B-32 checkpoints, 8 tasks: TSV-M 1.5e-3 from the float64 definition through a float32 Gram,
-                    6e-5 through float32 LAPACK, 3e-6 through the float64 Gram), for about the time of a float32
-                    LAPACK SVD of the same matrix (less on tall ones). Matrices with
-                    numerically zero singular values among their top k (rank-deficient tasks) take the ``full`` route,
-                    whose null vectors are orthonormal.
+                    blocks, one task at a time) give the right singular vectors and values, A·V/s the left ones,
+                    all to float64 precision wherever σ_j is above the float32 noise level. A merge that cuts the
+                    spectrum inside a noise floor (TSV-M's k = ⌊r/T⌋ on fine-tuning deltas) depends on which of
+                    many nearly equal singular directions fall inside the cut: float32 LAPACK resolves them to
+                    about eps·σ1 (its choice moves with the thread count), a float32 Gram only to eps·σ1² (on
+                    bench/merge.py's synthetic ViT-B-32 checkpoints, 8 tasks: TSV-M 1.5e-3 from the float64
+                    definition through a float32 Gram, 6e-5 through float32 LAPACK, 3e-6 through the float64
+                    Gram), for about the time of a float32 LAPACK SVD of the same matrix (less on tall ones).
+                    Matrices with numerically zero singular values among their top k (rank-deficient tasks) take
+                    the ``full`` route, whose null vectors are orthonormal.
 * ``randomized`` -- randomized range finder (Halko et al. 2011: k + 10 columns, one subspace
                     iteration; bfloat16 products on CPUs that multiply bfloat16 natively) and a float32
                     Rayleigh--Ritz step. Each task's rank-k truncation is near-optimal (see
                     ``RANDOMIZED_TOLERANCE``); TSV-M then also takes its Procrustes factors through the
                     Gram matrix (:func:`gram_polar_factor`). About 2.8x faster than ``exact`` for 8
-                    ViT-B-32 tasks on a 2-core CPU (bench/merge.py: 26.1 s against 73.8 s). The merged matrix is *not* close to the exact one
-                    entrywise: TSV-M's concatenated singular vectors are square and ill-conditioned
-                    (T·k = min(m, n)), so Procrustes turns a slightly different choice among nearly
+                    ViT-B-32 tasks on a 2-core CPU (bench/merge.py: 26.1 s against 73.8 s). The merged
+                    matrix is *not* close to the exact one entrywise: TSV-M's concatenated singular vectors
+                    are square and ill-conditioned (T·k = min(m, n)), so Procrustes turns a slightly different choice among nearly
                     equivalent singular directions into a different rotation. Use it to explore; report
                     numbers from ``exact``.
 
@@ -53,7 +53,7 @@ RANDOMIZED_TOLERANCE = 0.05
 _RANDOMIZED_OVERSAMPLE = 10
 _RANDOMIZED_POWER_ITERS = 1
 
-# Float64 workspace of the ``exact`` solver: rows of a task matrix converted at a time (with n columns, 8n bytes each).
+# Float64 workspace of the ``exact`` solver: rows of a task matrix are converted this many bytes at a time.
 _GRAM_BLOCK_BYTES = 32 * 2**20
 
 # Smallest eigenvalue ratio of A^T A (i.e. 1 / cond(A)^2) for which the polar factor is taken from the
@@ -147,9 +147,9 @@ def _gram_svd(A: Tensor, k: int) -> TruncatedSVD:
 def _gram_svd_one(A: Tensor, k: int) -> TruncatedSVD:
     """One tall matrix [m, n]: V, s² = top eigenpairs of AᵀA in float64, U = A·V/s, cast back to A's dtype.
 
-    No float64 copy of the whole matrix is made: the Gram matrix and A·V are formed block of rows by block of rows. A singular value
-    at or under the float32 noise level (max(m, n)·eps·σ1, the rule of ``numpy.linalg.matrix_rank``) has no defined
-    A·V/s: such matrices take the full LAPACK SVD, whose null vectors are orthonormal.
+    No float64 copy of the whole matrix is made: the Gram matrix and A·V are formed block of rows by block of rows.
+    A singular value at or under the float32 noise level (max(m, n)·eps·σ1, the rule of ``numpy.linalg.matrix_rank``)
+    has no defined A·V/s: such matrices take the full LAPACK SVD, whose null vectors are orthonormal.
     """
     m, n = A.shape
     rows = max(1, _GRAM_BLOCK_BYTES // (8 * n))
