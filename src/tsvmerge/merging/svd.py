@@ -23,9 +23,9 @@ triplets ``(U [T, m, k], s [T, k], Vh [T, k, n])`` in descending order.
                     Gram matrix (:func:`gram_polar_factor`). About 2.8x faster than ``exact`` for 8
                     ViT-B-32 tasks on a 2-core CPU (bench/merge.py: 26.1 s against 73.8 s). The merged
                     matrix is *not* close to the exact one entrywise: TSV-M's concatenated singular vectors
-                    are square and ill-conditioned (T·k = min(m, n)), so Procrustes turns a slightly different choice among nearly
-                    equivalent singular directions into a different rotation. Use it to explore; report
-                    numbers from ``exact``.
+                    are square and ill-conditioned (T·k = min(m, n)), so Procrustes turns a slightly
+                    different choice among nearly equivalent singular directions into a different rotation.
+                    Use it to explore; report numbers from ``exact``.
 
 When 2k ≥ n the ``randomized`` mode computes the full SVD, which is then the cheapest route.
 """
@@ -123,6 +123,18 @@ def symmetric_eigh(G: Tensor) -> tuple[Tensor, Tensor]:
     return eigvals.to(G.dtype), eigvecs.to(G.dtype)
 
 
+def significant_components(s: Tensor, rows: int, cols: int) -> Tensor:
+    """Which singular values (descending, along the last dimension) are not numerically zero: above
+    max(rows, cols)·eps·σ₁, the rule of ``numpy.linalg.matrix_rank``.
+
+    A task matrix of rank r < k (a LoRA update, a matrix a task barely changed) has k − r singular directions that
+    are arbitrary (whatever LAPACK returns for a null space); kept in the concatenation, they would change every
+    Procrustes factor. They are dropped, so TSV-M of a low-rank task matrix is defined by its r components alone.
+    """
+    eps = torch.finfo(s.dtype).eps if s.is_floating_point() else torch.finfo(torch.float32).eps
+    return s > s[..., :1] * (max(rows, cols) * eps)
+
+
 def _full_svd(A: Tensor, k: int) -> TruncatedSVD:
     U, s, Vh = linalg_svd(A)
     return TruncatedSVD(U[..., :k], s[..., :k], Vh[..., :k, :])
@@ -160,8 +172,7 @@ def _gram_svd_one(A: Tensor, k: int) -> TruncatedSVD:
     eigvals, eigvecs = symmetric_eigh(gram)
     V = eigvecs[:, -k:].flip(-1)
     s = eigvals[-k:].flip(-1).clamp_min(0).sqrt()
-    floor = float(s[0]) * max(m, n) * torch.finfo(A.dtype).eps if A.is_floating_point() else 0.0
-    if not bool((s > floor).all()):
+    if not bool(significant_components(s.to(A.dtype), m, n).all()):
         full = _full_svd(A.unsqueeze(0), k)
         return TruncatedSVD(full.U[0], full.s[0], full.Vh[0])
     U = torch.empty(m, k, dtype=A.dtype, device=A.device)
@@ -315,10 +326,10 @@ def sum_of_truncations(batch: Tensor, k: int, centre: Tensor | None = None) -> T
     """Σi of the rank-k truncations of the matrices Ai = batch[i] − centre ([T, m, n]; no centre: batch[i]):
     Σi Ai Vi Viᵀ (or Σi Ui Uiᵀ Ai for wide ones), Vi the top-k eigenvectors of the smaller Gram matrix.
 
-    Only the projector onto the top-k singular subspace is needed, not the triplets, so no Rayleigh--Ritz step is
-    taken: the error is that of a float32 Gram, at most about sqrt(eps)·σ1 per task in directions whose σ² sits at
-    the Gram's round-off — the noise floor, where the cut is ill-defined anyway — and about 1.7× faster than the
-    triplets at CART's k ≈ r/3. One task at a time, so the workspace is one task's.
+    Only the projector onto the top-k singular subspace is needed, not the triplets: the error is that of a float32
+    Gram, at most about sqrt(eps)·σ1 per task in directions whose σ² sits at the Gram's round-off — the noise
+    floor — and it was about 1.7× faster than the float32-Gram triplets the ``exact`` mode then computed, at CART's
+    k ≈ r/3. One task at a time, so the workspace is one task's.
     """
     if k <= 0:
         return torch.zeros_like(batch[0])

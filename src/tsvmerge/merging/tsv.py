@@ -12,7 +12,15 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .svd import SVDMode, TruncatedSVD, gram_polar_factor, polar_factor, truncated_svd, whitening
+from .svd import (
+    SVDMode,
+    TruncatedSVD,
+    gram_polar_factor,
+    polar_factor,
+    significant_components,
+    truncated_svd,
+    whitening,
+)
 
 Orthogonalization = Literal["procrustes", "whitening", "none"]
 
@@ -42,18 +50,6 @@ class TaskSingularVectors:
 
     def reconstruct(self) -> Tensor:
         return (self.U * self.s) @ self.V.mT
-
-
-def significant_components(s: Tensor, rows: int, cols: int) -> Tensor:
-    """Which singular values (descending, along the last dimension) are not numerically zero: above
-    max(rows, cols)·eps·σ₁, the rule of ``numpy.linalg.matrix_rank``.
-
-    A task matrix of rank r < k (a LoRA update, a matrix a task barely changed) has k − r singular directions that
-    are arbitrary (whatever LAPACK returns for a null space); kept in the concatenation, they would change every
-    Procrustes factor. They are dropped, so TSV-M of a low-rank task matrix is defined by its r components alone.
-    """
-    eps = torch.finfo(s.dtype).eps if s.is_floating_point() else torch.finfo(torch.float32).eps
-    return s > s[..., :1] * (max(rows, cols) * eps)
 
 
 def nonzero_tasks(deltas: Tensor) -> Tensor:
