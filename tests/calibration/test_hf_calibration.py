@@ -346,6 +346,24 @@ def test_regmean_end_to_end(folders, model, text_file):
         torch.testing.assert_close(two_by_two.task_vector[key], result.task_vector[key], rtol=1e-4, atol=1e-6)
 
 
+def test_the_pass_records_no_autograd_graph(folders, model, text_file):
+    """The forward passes run without autograd whatever the caller's forward does (a CLIP encoder's parameters
+    require gradients: with autograd on, every block's activations would stay alive until the pass ends)."""
+    pre_folder, ft_folders = folders
+    pre = HFModelFolder(pre_folder)
+    tasks = TaskVectors(pre, [HFModelFolder(f) for f in ft_folders], rules=rules_for(pre, pre.config))
+    samples = read_text_file(text_file, tasks.num_tasks, pre_folder, max_length=MAX_LENGTH)
+    grad_enabled: list[bool] = []
+
+    def forward(module, inputs):
+        grad_enabled.append(torch.is_grad_enabled())
+        return module(**inputs, use_cache=False)
+
+    calibrate(build_method("esm"), tasks, model,
+              lambda task: token_batches(*samples[task], None, vocab_size=VOCAB, task=tasks.names[task]), forward)
+    assert grad_enabled == [False, False]
+
+
 def test_esm_end_to_end(folders, model, text_file):
     tasks, keys, result = _calibrated_merge("esm", folders, model, text_file, None)
     projections = re.compile(r"^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$")

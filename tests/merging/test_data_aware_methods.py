@@ -102,6 +102,18 @@ def test_esm_spectrum_is_flat() -> None:
     assert float((kept.max() - kept.min()) / kept.max()) < 1e-5
 
 
+def test_esm_keeps_only_the_top_k_directions_when_k_exceeds_the_rank() -> None:
+    """k > rank of ΔO (E9): the padded basis is built whole, but a subspace holds only its k columns, not a view of
+    the m × m basis (eight tasks of ViT-B-32 keep 0.7 GiB of subspaces between calibration and merge)."""
+    from tsvmerge.merging.esm import essential_subspace
+
+    generator = torch.Generator().manual_seed(0)
+    x, delta = torch.randn(6, 4, generator=generator), torch.randn(16, 4, generator=generator)
+    sub = essential_subspace(x, delta, 8)
+    assert not sub.determined and sub.basis.shape == (16, 8)
+    assert sub.basis.untyped_storage().nbytes() == sub.basis.numel() * sub.basis.element_size()
+
+
 def test_esm_refuses_a_task_that_leaves_a_decomposed_map_unchanged() -> None:
     _, task_vectors, activations = build_fixture(2026)
     key = "model.visual.transformer.resblocks.0.mlp.c_fc.weight"

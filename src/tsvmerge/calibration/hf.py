@@ -67,10 +67,9 @@ def load_calibration_model(folder: Path) -> nn.Module:
 
 
 def hf_forward(module: nn.Module, inputs: dict[str, Tensor]) -> None:
-    """One forward pass of ``inputs`` (``input_ids``, ``attention_mask``) for the input hooks; no gradients and no
-    key-value cache (nothing would use them)."""
-    with torch.no_grad():
-        module(**inputs, use_cache=False)
+    """One forward pass of ``inputs`` (``input_ids``, ``attention_mask``) for the input hooks, without a key-value
+    cache (nothing would use it; the calibration pass already runs without autograd)."""
+    module(**inputs, use_cache=False)
 
 
 # ------------------------------------------------------------------------------------------------------ batches

@@ -80,7 +80,7 @@ def _complete(directions: Tensor, eigenvalues: Tensor, k: int, r: int, m: int) -
         parts.append(complete)
     if m > r:
         parts.append(torch.eye(m, dtype=directions.dtype, device=directions.device)[:, r:])
-    basis = torch.cat(parts, dim=1)[:, :k]
+    basis = torch.cat(parts, dim=1)[:, :k].clone()  # not a view of the whole padded basis
     values = torch.cat([eigenvalues, eigenvalues.new_zeros(k)])[:k]
     return basis, values
 
