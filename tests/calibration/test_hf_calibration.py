@@ -319,11 +319,15 @@ def _linear_weights(model: nn.Module) -> set[str]:
     return {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Linear)}
 
 
-def _calibrated_merge(name, folders, model, text_file, batch_size):
+def _tasks_and_samples(folders, text_file):
     pre_folder, ft_folders = folders
     pre = HFModelFolder(pre_folder)
     tasks = TaskVectors(pre, [HFModelFolder(f) for f in ft_folders], rules=rules_for(pre, pre.config))
-    samples = read_text_file(text_file, tasks.num_tasks, pre_folder, max_length=MAX_LENGTH)
+    return tasks, read_text_file(text_file, tasks.num_tasks, pre_folder, max_length=MAX_LENGTH)
+
+
+def _calibrated_merge(name, folders, model, text_file, batch_size):
+    tasks, samples = _tasks_and_samples(folders, text_file)
     method = build_method(name)
     size = method.calibration.batch_size if batch_size == "method" else batch_size
     batches = lambda task: token_batches(*samples[task], size, vocab_size=VOCAB,  # noqa: E731
@@ -349,10 +353,7 @@ def test_regmean_end_to_end(folders, model, text_file):
 def test_the_pass_records_no_autograd_graph(folders, model, text_file):
     """The forward passes run without autograd whatever the caller's forward does (a CLIP encoder's parameters
     require gradients: with autograd on, every block's activations would stay alive until the pass ends)."""
-    pre_folder, ft_folders = folders
-    pre = HFModelFolder(pre_folder)
-    tasks = TaskVectors(pre, [HFModelFolder(f) for f in ft_folders], rules=rules_for(pre, pre.config))
-    samples = read_text_file(text_file, tasks.num_tasks, pre_folder, max_length=MAX_LENGTH)
+    tasks, samples = _tasks_and_samples(folders, text_file)
     grad_enabled: list[bool] = []
 
     def forward(module, inputs):
