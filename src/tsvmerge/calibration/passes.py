@@ -3,8 +3,9 @@ hooks on, and hand the method one statistic per linear map (:class:`~tsvmerge.me
 
 Statistic ``rows`` (ESM): all samples go through in one batch and each map's input rows reach the method while the
 forward pass runs, so no more than one map's activations is ever kept. Statistic ``gram`` (RegMean): each forward
-call's XᵀX (float32), summed in float64 over the batches, divided by the row count once the task is done. The forward pass runs in float32 with
-TF32 off (SPEC_ESM E8, SPEC_REGMEAN R6) and without autograd; the model is given back with θ0's weights.
+call's XᵀX (float32), summed in float64 over the batches, divided by the row count once the task is done. The
+forward pass runs in float32 with TF32 off (SPEC_ESM E8, SPEC_REGMEAN R6) and without autograd; the model is given
+back with θ0's weights.
 """
 
 from __future__ import annotations
